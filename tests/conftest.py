@@ -1,0 +1,52 @@
+"""Session fixtures: small random checkpoints written by transformers, built once per session.
+
+transformers is the test-only reference: checkpoints are written with its `save_pretrained`, and
+parity tests compare against its implementation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Small but complete: 3 convolutions (odd and even kernels), 2 layers, grouped positional conv.
+TINY_BASE = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+    conv_dim=(16, 24, 32), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 2),
+    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=12,
+)
+TINY_LARGE = dict(TINY_BASE, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+                  num_conv_pos_embeddings=15)  # odd kernel: no trimmed frame
+
+
+def _transformers():
+    return pytest.importorskip("transformers", reason="transformers is the test-only reference (pip install -e .[dev])")
+
+
+def save_reference_checkpoint(path: Path, architecture: str, seed: int = 0, **config_kwargs) -> Path:
+    transformers = _transformers()
+    torch.manual_seed(seed)
+    config = transformers.HubertConfig(**config_kwargs)
+    model = getattr(transformers, architecture)(config).eval()
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint(tmp_path_factory) -> Path:
+    return save_reference_checkpoint(tmp_path_factory.mktemp("tiny-base"), "HubertModel", **TINY_BASE)
+
+
+@pytest.fixture(scope="session")
+def large_checkpoint(tmp_path_factory) -> Path:
+    return save_reference_checkpoint(tmp_path_factory.mktemp("tiny-large"), "HubertModel", **TINY_LARGE)
+
+
+@pytest.fixture(scope="session")
+def ctc_checkpoint(tmp_path_factory) -> Path:
+    return save_reference_checkpoint(tmp_path_factory.mktemp("tiny-ctc"), "HubertForCTC", **TINY_BASE)
