@@ -1,0 +1,302 @@
+"""The audio front end: files on disk to the exact `input_values` a HuBERT checkpoint expects.
+
+Everything here mirrors Hugging Face's `Wav2Vec2FeatureExtractor` number for number (same float32
+arithmetic, same padding rules) so that exported artifacts can be compared against the PyTorch
+model without a front-end mismatch hiding in the parity numbers. transformers itself is never
+imported: it is only the test-time reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from hubert_export.errors import HubertExportError
+
+# HuBERT's convolutional feature encoder needs 400 samples (25 ms at 16 kHz) to emit one frame.
+MIN_SAMPLES = 400
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# Hugging Face adds this to the variance before the square root; matching it keeps parity exact.
+_NORM_EPS = 1e-7
+
+
+def load_audio(
+    path: str | Path, sampling_rate: int = 16000, *, min_samples: int = MIN_SAMPLES
+) -> np.ndarray:
+    """Read a WAV/FLAC/OGG file as float32 mono at `sampling_rate`, rejecting unusable recordings."""
+    path = Path(path)
+    if sampling_rate <= 0:
+        raise HubertExportError(
+            f"sampling rate {sampling_rate} is not positive: pass the model's rate, usually 16000"
+        )
+    if not path.exists():
+        raise HubertExportError(f"audio file {path} does not exist: check the path")
+    if not path.is_file():
+        raise HubertExportError(f"audio path {path} is not a file: pass a .wav, .flac or .ogg file")
+    try:
+        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
+        # soundfile reports "not audio" and "corrupt" through several exception types.
+        raise HubertExportError(
+            f"cannot read audio file {path} ({_first_line(exc)}): "
+            "pass a valid WAV, FLAC or OGG recording"
+        ) from exc
+
+    if data.shape[0] == 0:
+        raise HubertExportError(
+            f"audio file {path} is empty (0 samples): pass a recording of at least "
+            f"{_min_duration_text(min_samples, sampling_rate)}"
+        )
+    if not np.isfinite(data).all():
+        raise HubertExportError(
+            f"audio file {path} contains NaN or Inf samples: re-export the recording "
+            "as finite PCM or float audio"
+        )
+
+    waveform = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    waveform = _resample(waveform, int(file_rate), sampling_rate)
+
+    if waveform.shape[0] < min_samples:
+        raise HubertExportError(
+            f"audio file {path} is too short ({waveform.shape[0]} samples at {sampling_rate} Hz): "
+            f"pass a recording of at least {_min_duration_text(min_samples, sampling_rate)}"
+        )
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def _resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    if from_rate == to_rate:
+        return waveform
+    # A polyphase filter with the reduced ratio is exact for rational rate changes and
+    # anti-aliases properly, unlike linear interpolation.
+    divisor = math.gcd(from_rate, to_rate)
+    # float32 in, float32 out: halves the memory of hour-long recordings at no audible cost.
+    resampled = resample_poly(waveform, to_rate // divisor, from_rate // divisor)
+    return resampled.astype(np.float32, copy=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    # libsndfile's own reason ("Format not recognised.") without the path soundfile prepends.
+    reason = getattr(exc, "error_string", None)
+    if isinstance(reason, str) and reason.strip():
+        return reason.strip().rstrip(".")
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _min_duration_text(min_samples: int, sampling_rate: int) -> str:
+    milliseconds = 1000 * min_samples / sampling_rate
+    return f"{min_samples} samples ({milliseconds:g} ms at {sampling_rate / 1000:g} kHz)"
+
+
+def normalize(waveform: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance in float32, exactly like `zero_mean_unit_var_norm`."""
+    values = np.asarray(waveform, dtype=np.float32)
+    if values.ndim != 1 or values.shape[0] == 0:
+        raise HubertExportError(
+            f"cannot normalise a waveform of shape {values.shape}: pass a non-empty 1-D array"
+        )
+    return (values - values.mean()) / np.sqrt(values.var() + _NORM_EPS)
+
+
+@dataclass
+class FeatureExtractorConfig:
+    """The `preprocessor_config.json` fields that change the model's input."""
+
+    sampling_rate: int = 16000
+    do_normalize: bool = True
+    return_attention_mask: bool = False
+    padding_value: float = 0.0
+    feature_size: int = 1
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> FeatureExtractorConfig:
+        """Read `preprocessor_config.json` from a checkpoint directory; defaults when it is absent."""
+        directory = Path(path)
+        if not directory.is_dir():
+            raise HubertExportError(
+                f"checkpoint directory {directory} does not exist: pass the folder that holds config.json"
+            )
+        config_file = directory / "preprocessor_config.json"
+        if not config_file.is_file():
+            return cls()
+        try:
+            raw = json.loads(config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HubertExportError(
+                f"{config_file} is not valid JSON ({exc}): fix or delete it "
+                "(defaults: 16 kHz, normalised, no attention mask)"
+            ) from exc
+        if not isinstance(raw, dict):
+            raise HubertExportError(
+                f"{config_file} must hold a JSON object, not {type(raw).__name__}: fix or delete it"
+            )
+        known = {f.name for f in fields(cls)}
+        config = cls(**{key: value for key, value in raw.items() if key in known})
+        config._validate(config_file)
+        return config
+
+    def _validate(self, source: Path) -> None:
+        def bad(field: str, expected: str) -> HubertExportError:
+            return HubertExportError(
+                f"{source}: {field} is {getattr(self, field)!r}, expected {expected}: fix the file"
+            )
+
+        # bool is a subclass of int, so it is excluded explicitly from the numeric fields.
+        rate = self.sampling_rate
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+            raise bad("sampling_rate", "a positive integer such as 16000")
+        if not isinstance(self.do_normalize, bool):
+            raise bad("do_normalize", "true or false")
+        if not isinstance(self.return_attention_mask, bool):
+            raise bad("return_attention_mask", "true or false")
+        if isinstance(self.padding_value, bool) or not isinstance(self.padding_value, (int, float)):
+            raise bad("padding_value", "a number")
+        if self.feature_size != 1:
+            raise bad("feature_size", "1 (HuBERT reads the raw waveform)")
+
+
+def prepare_batch(waveforms: list[np.ndarray], config: FeatureExtractorConfig) -> dict[str, np.ndarray]:
+    """Pad and normalise a batch exactly like Hugging Face's extractor with `padding=True`.
+
+    Equivalent to `Wav2Vec2FeatureExtractor(...)(waveforms, padding=True, return_tensors="np")`,
+    except that `attention_mask` is int64 (what exported graphs take) instead of int32.
+    """
+    if config.feature_size != 1:
+        raise HubertExportError(
+            f"feature_size {config.feature_size} is not supported: HuBERT takes raw audio (feature_size 1)"
+        )
+    if len(waveforms) == 0:
+        raise HubertExportError("cannot prepare an empty batch: pass at least one waveform")
+    # Hugging Face casts to float32 before padding and normalising, so do the arithmetic in float32.
+    arrays = [np.asarray(w, dtype=np.float32) for w in waveforms]
+    for index, array in enumerate(arrays):
+        if array.ndim != 1 or array.shape[0] == 0:
+            raise HubertExportError(
+                f"waveform {index} has shape {array.shape}: pass non-empty mono 1-D arrays "
+                "(load_audio returns them)"
+            )
+
+    lengths = [array.shape[0] for array in arrays]
+    max_len = max(lengths)
+    input_values = np.full((len(arrays), max_len), config.padding_value, dtype=np.float32)
+    for row, array in zip(input_values, arrays):
+        row[: array.shape[0]] = array
+
+    if config.do_normalize:
+        for row, length in zip(input_values, lengths):
+            if config.return_attention_mask:
+                row[:] = (row - row[:length].mean()) / np.sqrt(row[:length].var() + _NORM_EPS)
+                row[length:] = config.padding_value
+            else:
+                # Without an attention mask Hugging Face normalises the padded row, padding
+                # included; the model was evaluated that way, so parity requires the same.
+                row[:] = (row - row.mean()) / np.sqrt(row.var() + _NORM_EPS)
+
+    batch = {"input_values": input_values}
+    if config.return_attention_mask:
+        attention_mask = np.zeros((len(arrays), max_len), dtype=np.int64)
+        for row, length in zip(attention_mask, lengths):
+            row[:length] = 1
+        batch["attention_mask"] = attention_mask
+    return batch
+
+
+def iter_audio_files(directory: str | Path) -> list[Path]:
+    """All .wav/.flac/.ogg files under `directory` (recursive, any case), sorted."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise HubertExportError(
+            f"audio directory {root} does not exist: "
+            "point --calibration-data/--data at a directory of recordings"
+        )
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise HubertExportError(
+            f"no audio files (.wav/.flac/.ogg) in {root}: "
+            "point --calibration-data/--data at a directory of recordings"
+        )
+    return files
+
+
+def chunk_spans(num_samples: int, chunk_samples: int, overlap_samples: int) -> list[tuple[int, int]]:
+    """Half-open (start, end) windows of `chunk_samples`, `overlap_samples` apart, covering the signal."""
+    if chunk_samples < MIN_SAMPLES:
+        raise HubertExportError(
+            f"chunk length {chunk_samples} samples is below HuBERT's {MIN_SAMPLES}-sample receptive field: "
+            "use a longer chunk (e.g. 30 s)"
+        )
+    if not 0 <= overlap_samples < chunk_samples:
+        raise HubertExportError(
+            f"chunk overlap {overlap_samples} samples must be at least 0 and shorter than the chunk "
+            f"({chunk_samples} samples): use a smaller overlap"
+        )
+    if num_samples <= 0:
+        return []
+
+    step = chunk_samples - overlap_samples
+    spans = []
+    start = 0
+    while True:
+        end = min(start + chunk_samples, num_samples)
+        spans.append((start, end))
+        if end == num_samples:
+            break
+        start += step
+
+    # A tail shorter than the receptive field yields no frame: fold it into the previous window,
+    # which grows by fewer than MIN_SAMPLES samples, so memory stays bounded.
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < MIN_SAMPLES:
+        spans.pop()
+        spans[-1] = (spans[-1][0], num_samples)
+    return spans
+
+
+def read_transcripts(directory: str | Path) -> dict[str, str]:
+    """Reference transcripts by audio file stem, from `transcripts.tsv`/`.txt` or per-file `STEM.txt`."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise HubertExportError(
+            f"data directory {root} does not exist: point --data at a directory of recordings"
+        )
+    for name in ("transcripts.tsv", "transcripts.txt"):
+        index_file = root / name
+        if index_file.is_file():
+            return _read_transcript_index(index_file)
+
+    transcripts = {}
+    audio_files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    for audio in audio_files:
+        text_file = audio.with_suffix(".txt")
+        if text_file.is_file():
+            transcripts[audio.stem] = " ".join(_read_text(text_file).split())
+    return transcripts
+
+
+def _read_transcript_index(index_file: Path) -> dict[str, str]:
+    transcripts = {}
+    for line_number, line in enumerate(_read_text(index_file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        stem, tab, text = line.partition("\t")
+        if not tab or not stem.strip():
+            raise HubertExportError(
+                f"{index_file} line {line_number} is not 'file_stem<TAB>text': "
+                "separate the file stem and the transcript with one tab"
+            )
+        transcripts[stem.strip()] = " ".join(text.split())
+    return transcripts
+
+
+def _read_text(path: Path) -> str:
+    try:
+        # utf-8-sig drops the byte-order mark that Windows editors put at the start.
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HubertExportError(f"transcript file {path} is not UTF-8 text: re-save it as UTF-8") from exc
