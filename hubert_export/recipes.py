@@ -13,7 +13,7 @@ Schema (defaults in brackets):
     task: feature-extraction | ctc | sequence-classification | auto   [auto]
     target: onnx | openvino | tensorrt                                 (required)
     precision: fp32 | fp16 | int8      [fp32 for onnx/openvino, fp16 for tensorrt]
-    export: {opset [17], output_hidden_states [false], attention_mask [auto]}
+    export: {opset [18], output_hidden_states [false], attention_mask [auto]}
     shapes: {min [1, 400], opt [1, 160000], max [16, 960000], profiles [[]]}
     calibration: {data, subset_size, method, preset, smooth_quant_alpha, ignored_scopes,
                   fast_bias_correction, max_accuracy_drop}                         (INT8 only)
@@ -54,7 +54,8 @@ PRECISIONS_BY_TARGET: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_PRECISION: dict[str, str] = {"onnx": "fp32", "openvino": "fp32", "tensorrt": "fp16"}
 
-OPSET_RANGE: tuple[int, int] = (17, 21)
+# 18: the oldest opset torch's dynamo exporter writes; 21: the newest every back end here reads.
+OPSET_RANGE: tuple[int, int] = (18, 21)
 SAMPLE_RATE = 16_000
 # HuBERT's convolutional feature encoder has a receptive field of 400 samples (25 ms): shorter
 # input produces zero frames and the model fails.
@@ -119,7 +120,7 @@ DEFAULT_SHAPE_RANGE = ShapeRange(
 
 @dataclass(frozen=True)
 class ExportOptions:
-    opset: int = 17
+    opset: int = 18
     output_hidden_states: bool = False
     # "auto": export an attention_mask input only when the checkpoint's feature extractor returns
     # one (HuBERT-large/xlarge do; HuBERT-base, trained without padding masks, does not).
@@ -641,7 +642,7 @@ class _RecipeParser:
             mask = self.choice(mask, path + ("attention_mask",), ("auto", "true", "false"))
         return ExportOptions(
             opset=self.integer(d.get("opset", default.opset), path + ("opset",), *OPSET_RANGE,
-                               hint=" (the ONNX opsets every supported back end reads)"),
+                               hint=" (18: the oldest opset the exporter writes; 21: the newest every back end reads)"),
             output_hidden_states=self.boolean(d.get("output_hidden_states", default.output_hidden_states),
                                               path + ("output_hidden_states",)),
             attention_mask=mask,

@@ -50,3 +50,15 @@ def large_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ctc_checkpoint(tmp_path_factory) -> Path:
     return save_reference_checkpoint(tmp_path_factory.mktemp("tiny-ctc"), "HubertForCTC", **TINY_BASE)
+
+
+@pytest.fixture(scope="session")
+def onnx_artifact(tmp_path_factory, ctc_checkpoint) -> Path:
+    """An ONNX Runtime FP32 artifact of the tiny CTC checkpoint, built once."""
+    from hubert_export.build import export_artifact
+    from hubert_export.recipes import default_recipe
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-onnx"
+    result = export_artifact(ctc_checkpoint, out, default_recipe("onnx"), progress=lambda _: None)
+    assert result.passed, result.report.failures
+    return out

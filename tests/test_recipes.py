@@ -103,7 +103,7 @@ def test_shipped_recipes_say_what_the_brief_asks():
 def test_defaults():
     r = recipe_from_dict({"target": "onnx"})
     assert (r.precision, r.task, r.name, r.description) == ("fp32", "auto", "recipe", "")
-    assert r.export.opset == 17 and r.export.attention_mask == "auto" and not r.export.output_hidden_states
+    assert r.export.opset == 18 and r.export.attention_mask == "auto" and not r.export.output_hidden_states
     assert r.shapes.range == ShapeRange(Shape(1, 400), Shape(1, 160000), Shape(16, 960000))
     assert r.shapes.profiles == ()
     assert r.calibration.method == "static" and r.calibration.subset_size == 300
@@ -148,8 +148,8 @@ def test_relative_paths_resolve_against_the_recipe_file(tmp_path: Path):
 
 
 def test_json_recipe(tmp_path: Path):
-    r = load_recipe(write(tmp_path, json.dumps({"target": "onnx", "export": {"opset": 18}}), "x.json"))
-    assert r.export.opset == 18 and r.name == "x"
+    r = load_recipe(write(tmp_path, json.dumps({"target": "onnx", "export": {"opset": 19}}), "x.json"))
+    assert r.export.opset == 19 and r.name == "x"
 
 
 def test_values_are_normalised():
@@ -180,8 +180,8 @@ def test_field_in_the_wrong_section_points_to_its_section():
         ({"target": "onnx", "shapes": {"min": {"samples": 100}}}, "shapes.min.samples", "400"),
         ({"target": "onnx", "shapes": {"min": {"batch": 8}, "max": {"batch": 4}}}, "shapes.min.batch", "min <= opt <= max"),
         ({"target": "onnx", "shapes": {"opt": {"samples": 1000}, "max": {"samples": 800}}}, "shapes.opt.samples", "min <= opt <= max"),
-        ({"target": "onnx", "export": {"opset": 16}}, "export.opset", "17..21"),
-        ({"target": "onnx", "export": {"opset": 22}}, "export.opset", "17..21"),
+        ({"target": "onnx", "export": {"opset": 17}}, "export.opset", "18..21"),
+        ({"target": "onnx", "export": {"opset": 22}}, "export.opset", "18..21"),
         ({"target": "onnx", "export": {"opset": True}}, "export.opset", "whole number"),
         ({"target": "onnx", "export": {"output_hidden_states": "yes"}}, "export.output_hidden_states", "true or false"),
         ({"target": "tensorrt", "precision": "int8"}, "precision", "fp16, fp32"),
@@ -312,7 +312,7 @@ def test_bad_overrides():
         base.with_overrides(opst=18)
     with pytest.raises(HubertExportError, match="ambiguous"):
         base.with_overrides(batch=2)
-    with pytest.raises(HubertExportError, match="export.opset.*17..21"):
+    with pytest.raises(HubertExportError, match="export.opset.*18..21"):
         base.with_overrides(opset=12)
     with pytest.raises(HubertExportError, match="precision.*not supported for target 'tensorrt'"):
         base.with_overrides(target="tensorrt", precision="int8")

@@ -2,25 +2,33 @@
 
 Every back-end module exposes the same two functions:
 
-    build(onnx_path: Path, recipe: Recipe, out_dir: Path, progress: Progress) -> dict
-        Turn the exported ONNX model into this back end's artifact files inside `out_dir` (a
-        temporary directory that is renamed into place only after everything succeeded). Returns the
-        back end's section of the manifest (files it wrote, options it used, library versions).
+    build(ctx: BuildContext) -> dict
+        Turn the exported ONNX model (`ctx.onnx_path`) into this back end's artifact files inside
+        `ctx.out_dir` (a temporary directory renamed into place only after everything succeeded).
+        Returns the back end's section of the manifest: `files` (the model files it wrote), the
+        options it used, and anything a later `load` needs.
 
-    load(artifact_dir: Path, manifest: dict, **options) -> Runner
-        Open a built artifact for inference.
+    load(artifact: Artifact, **options) -> Runner
+        Open a built artifact for inference (see `hubert_export.runner.Runner`).
 
-A Runner is a context manager with `input_names`, `output_names` and
-`infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]`; the parity harness and the
-benchmarks never know which back end produced an output.
+The parity harness and the benchmarks never know which back end produced an output.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
+from hubert_export.audio import FeatureExtractorConfig
 from hubert_export.errors import HubertExportError
+from hubert_export.model import HubertConfig
+from hubert_export.recipes import Recipe
+from hubert_export.tasks import TaskSpec
 
 # target name (as given to --target) -> module implementing build/load
 BACKENDS: dict[str, str] = {
@@ -30,10 +38,25 @@ BACKENDS: dict[str, str] = {
 }
 
 
+@dataclass
+class BuildContext:
+    """What a back end's build needs to know about the export it starts from."""
+
+    onnx_path: Path
+    out_dir: Path
+    recipe: Recipe
+    config: HubertConfig
+    feature_extractor: FeatureExtractorConfig
+    task: TaskSpec
+    input_names: list[str]
+    output_names: list[str]
+    log: Callable[[str], None]
+    # Calibration inputs for INT8 (batch-1 input dicts), read lazily: FP32 builds never touch audio.
+    calibration_inputs: Callable[[], list[dict[str, np.ndarray]]]
+
+
 def get_backend(target: str) -> ModuleType:
     """The module implementing `target`, imported on first use (TensorRT is an optional extra)."""
     if target not in BACKENDS:
-        raise HubertExportError(
-            f"unknown target {target!r}: choose one of {', '.join(sorted(BACKENDS))}"
-        )
+        raise HubertExportError(f"unknown target {target!r}: choose one of {', '.join(sorted(BACKENDS))}")
     return importlib.import_module(BACKENDS[target])

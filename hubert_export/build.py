@@ -1,0 +1,271 @@
+"""The product's two library calls: build a verified artifact, and re-check one.
+
+    export_artifact(model_dir, output, recipe)  checkpoint -> ONNX -> passes -> back end -> parity
+    check_artifact(artifact_dir)                re-run the parity gate against the source checkpoint
+
+Both are what the CLI calls; both read and write only the artifact's manifest and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubert_export import artifact as artifacts
+from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_audio, prepare_batch
+from hubert_export.backends import BuildContext, get_backend
+from hubert_export.errors import HubertExportError
+from hubert_export.model import HubertConfig
+from hubert_export.parity import ParityReport, builtin_cases, data_cases, run_parity, thresholds_for
+from hubert_export.recipes import Recipe
+from hubert_export.runner import EagerRunner
+from hubert_export.tasks import INPUT_AXES, get_task, infer_task, output_axes
+
+DATA_DIR = Path(__file__).parent / "data"
+DEFAULT_MODEL_DIR = DATA_DIR / "tiny-ctc"
+BUILTIN_CALIBRATION_DIR = DATA_DIR / "calibration"
+EXPORT_NAME = "export.onnx"
+# Graph passes every target gets; back ends add their own.
+COMMON_PASSES = ["fold_constants", "remove_dead_nodes", "fuse_qkv_projections"]
+
+
+class Progress:
+    """Timestamped step lines on stderr: long builds show where they are."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    size_bytes: int
+    report: ParityReport
+    latency_seconds: float | None
+    latency_shape: list[int]
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+def _load_model(model_dir: Path, task_name: str):
+    config = HubertConfig.from_pretrained(model_dir)
+    task = get_task(infer_task(config) if task_name == "auto" else task_name)
+    return config, task, task.model_class.from_pretrained(model_dir)
+
+
+def _calibration_loader(recipe: Recipe, fe: FeatureExtractorConfig, input_names: list[str],
+                        log: Callable[[str], None]) -> Callable[[], list[dict[str, np.ndarray]]]:
+    def load() -> list[dict[str, np.ndarray]]:
+        directory = recipe.calibration.data or BUILTIN_CALIBRATION_DIR
+        files = iter_audio_files(directory)[: recipe.calibration.subset_size]
+        log(f"reading {len(files)} calibration recordings from {directory}")
+        max_samples = recipe.shapes.max.samples
+        batches = []
+        for path in files:
+            waveform = load_audio(path, fe.sampling_rate)[:max_samples]
+            batch = prepare_batch([waveform], dataclasses.replace(fe, return_attention_mask="attention_mask" in input_names))
+            batches.append(batch)
+        return batches
+    return load
+
+
+def export_artifact(
+    model_dir: str | Path | None,
+    output: str | Path,
+    recipe: Recipe,
+    *,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Export `model_dir` (default: the small model shipped in the package) as `recipe` says.
+
+    The artifact is built beside `output` and moved into place complete, with its manifest and
+    parity reports; a parity failure still leaves the (complete) artifact for inspection and is
+    reported by `BuildResult.passed`.
+    """
+    log = progress or Progress()
+    model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    if not model_dir.is_dir():
+        raise HubertExportError(f"model directory {model_dir} does not exist: pass --model a checkpoint directory")
+    backend = get_backend(recipe.target)  # an unusable target fails before any work
+    if hasattr(backend, "check_available"):
+        backend.check_available(recipe)
+    log(f"loading {model_dir}")
+    config, task, model = _load_model(model_dir, recipe.task)
+    fe = FeatureExtractorConfig.from_dir(model_dir)
+    with_mask = fe.return_attention_mask if recipe.export.attention_mask == "auto" else bool(recipe.export.attention_mask)
+    input_names = ["input_values"] + (["attention_mask"] if with_mask else [])
+    axes = output_axes(task, recipe.export.output_hidden_states)
+
+    with artifacts.building(output, overwrite=overwrite) as tmp:
+        from hubert_export.export import export_onnx
+        from hubert_export.passes import run_passes
+
+        work = tmp / ".work"
+        work.mkdir()
+        onnx_path = work / EXPORT_NAME
+        log(f"exporting {task.name} to ONNX")
+        export_onnx(model, task, onnx_path, opset=recipe.export.opset, with_attention_mask=with_mask,
+                    output_hidden_states=recipe.export.output_hidden_states, log=log)
+        _save(run_passes(_load_onnx(onnx_path), COMMON_PASSES, log=log), onnx_path)
+
+        ctx = BuildContext(onnx_path, tmp, recipe, config, fe, task, input_names, list(axes), log,
+                           _calibration_loader(recipe, fe, input_names, log))
+        log(f"building the {recipe.target} {recipe.precision} artifact")
+        backend_section = backend.build(ctx)
+        _remove_tree(work)
+        artifacts.copy_checkpoint_metadata(model_dir, tmp)
+        manifest = artifacts.new_manifest(
+            source={"checkpoint": str(model_dir.resolve()), "checkpoint_sha256": artifacts.hash_checkpoint(model_dir),
+                    "architecture": task.model_class.__name__},
+            task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
+            io=_io_section(input_names, axes, config, task.name),
+            shape_range=recipe.shapes.range.to_dict(),
+            backend=backend_section,
+        )
+        artifacts.write_manifest(tmp, manifest)
+        artifact = artifacts.Artifact.open(tmp)
+        report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
+                                         data_dir=Path(data_dir) if data_dir else None, log=log)
+        report.write(tmp)
+        artifact.update_manifest("parity", _parity_summary(report, latency, shape))
+    final = Path(output)
+    size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+    log(f"artifact written to {final} ({size / 1e6:.1f} MB), parity {'PASS' if report.passed else 'FAIL'}")
+    return BuildResult(final, size, report, latency, shape)
+
+
+def check_artifact(
+    artifact_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    reference: str | Path | None = None,
+    junit: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ParityReport:
+    """Re-run an artifact's parity gate against its source checkpoint (the CI accuracy gate)."""
+    log = progress or Progress()
+    artifact = artifacts.Artifact.open(artifact_dir)
+    log(f"verifying the files of {artifact.path}")
+    artifact.verify_files()
+    manifest = artifact.manifest
+    source = manifest.get("source", {})
+    model_dir = Path(reference) if reference else Path(source.get("checkpoint", ""))
+    if not model_dir.is_dir():
+        raise HubertExportError(
+            f"the source checkpoint {model_dir} recorded in the manifest is not there: pass --reference CHECKPOINT_DIR"
+        )
+    recorded = source.get("checkpoint_sha256")
+    if recorded and artifacts.hash_checkpoint(model_dir) != recorded:
+        raise HubertExportError(
+            f"checkpoint {model_dir} is not the one this artifact was built from (its hash differs from the "
+            "manifest's): pass --reference with the original checkpoint, or rebuild the artifact"
+        )
+    from hubert_export.recipes import recipe_from_dict
+
+    recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json")
+    config, task, model = _load_model(model_dir, manifest["task"])
+    fe = FeatureExtractorConfig.from_dir(model_dir)
+    with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
+    report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
+                                     data_dir=Path(data_dir) if data_dir else None, log=log)
+    report.write(artifact.path)
+    artifact.update_manifest("parity", _parity_summary(report, latency, shape))
+    if junit:
+        Path(junit).write_text(report.to_junit())
+    return report
+
+
+def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str, fe: FeatureExtractorConfig,
+            with_mask: bool, recipe: Recipe, *, data_dir: Path | None, log: Callable[[str], None]):
+    from hubert_export.tokenizer import CTCTokenizer
+
+    shape_range = recipe.shapes.range
+    cases = builtin_cases(fe, with_mask, max_samples=shape_range.max.samples)
+    if data_dir is not None:
+        cases += data_cases(data_dir, fe, with_mask, max_samples=shape_range.max.samples)
+    cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
+    tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
+    reference = EagerRunner(model, get_task(task), with_attention_mask=with_mask,
+                            output_hidden_states=recipe.export.output_hidden_states)
+    thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit())
+    log(f"parity check: {len(cases)} cases against the eager model")
+    with get_backend(artifact.target).load(artifact) as candidate:
+        report = run_parity(reference, candidate, cases, config=config, task=task, target=artifact.target,
+                            precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer, progress=log)
+        opt = shape_range.opt
+        latency = _median_latency(candidate, fe, with_mask, opt.batch, opt.samples)
+    return report, latency, [opt.batch, opt.samples]
+
+
+def _median_latency(runner, fe: FeatureExtractorConfig, with_mask: bool, batch: int, samples: int,
+                    repeats: int = 3) -> float:
+    rng = np.random.default_rng(0)
+    inputs = {"input_values": rng.standard_normal((batch, samples)).astype(np.float32)}
+    if with_mask:
+        inputs["attention_mask"] = np.ones((batch, samples), dtype=np.int64)
+    runner.infer(inputs)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner.infer(inputs)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _parity_summary(report: ParityReport, latency: float | None, shape: list[int]) -> dict[str, Any]:
+    return {"passed": report.passed, "thresholds": report.thresholds, "worst": report.worst(),
+            "failures": report.failures, "cases": len(report.cases), "ground_truth": report.ground_truth,
+            "latency_seconds": latency, "latency_shape": shape,
+            "checked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _io_section(input_names: list[str], axes: dict[str, dict[int, str]], config: HubertConfig, task: str):
+    def shape(name: str, axis_names: dict[int, str], rank: int, fixed: dict[int, int]) -> list[Any]:
+        return [axis_names.get(i, fixed.get(i)) for i in range(rank)]
+
+    inputs = [{"name": n, "dtype": "float32" if n == "input_values" else "int64",
+               "shape": shape(n, INPUT_AXES[n], 2, {})} for n in input_names]
+    widths = {"last_hidden_state": {2: config.hidden_size}, "logits": {2: config.vocab_size}
+              if task == "ctc" else {1: config.num_labels},
+              "hidden_states": {1: config.num_hidden_layers + 1, 3: config.hidden_size}}
+    ranks = {"last_hidden_state": 3, "hidden_states": 4, "logits": 3 if task == "ctc" else 2}
+    outputs = [{"name": n, "dtype": "float32", "shape": shape(n, a, ranks[n], widths[n])} for n, a in axes.items()]
+    dynamic = {n: {str(k): v for k, v in INPUT_AXES[n].items()} for n in input_names}
+    dynamic.update({n: {str(k): v for k, v in a.items()} for n, a in axes.items()})
+    return {"inputs": inputs, "outputs": outputs, "dynamic_axes": dynamic,
+            "frames": {"stride_samples": config.inputs_to_logits_ratio, "receptive_field": config.receptive_field}}
+
+
+def _load_onnx(path: Path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def _save(model, path: Path) -> None:
+    import onnx
+
+    onnx.save(model, str(path))
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+

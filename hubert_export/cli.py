@@ -1,0 +1,190 @@
+"""The command line: parse, call one library function, print.
+
+    hubert-export --target onnx|openvino|tensorrt [--model DIR] [--output DIR] ...   build an artifact
+    hubert-export check ARTIFACT_DIR [--data DIR] [--reference DIR] [--junit FILE]    the CI gate
+    hubert-export transcribe ARTIFACT_OR_CHECKPOINT AUDIO...                          speech to text
+    hubert-export bench ARTIFACT_DIR... [--lengths 1,5,10] [--batch 1,4]              latency and memory
+
+Exit codes: 0 success, 1 a parity threshold failed, 2 bad input (one line on stderr; the traceback
+only with --debug), 3 an internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from hubert_export.errors import EXIT_OK, EXIT_PARITY_FAILED, HubertExportError
+
+EXIT_INTERNAL = 3
+SUBCOMMANDS = ("build", "check", "transcribe", "bench")
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        batch, samples = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BATCH,SAMPLES (e.g. 1,160000)") from None
+    return batch, samples
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubert-export",
+        description="Export a HuBERT checkpoint to a verified ONNX Runtime, OpenVINO or TensorRT artifact. "
+                    "Other commands: check, transcribe, bench (hubert-export COMMAND --help).",
+    )
+    parser.add_argument("--target", choices=["onnx", "openvino", "tensorrt"],
+                        help="back end to build for (required unless --recipe names one)")
+    parser.add_argument("--model", type=Path,
+                        help="checkpoint directory (config.json + model.safetensors); default: the small CTC model "
+                             "shipped with hubert-export")
+    parser.add_argument("--output", type=Path,
+                        help="artifact directory to write; default: artifacts/<model>-<target>-<precision>")
+    parser.add_argument("--recipe", type=Path, help="a recipe file (see recipes/); flags override its values")
+    parser.add_argument("--task", choices=["feature-extraction", "ctc", "sequence-classification"],
+                        help="what the artifact outputs; default: inferred from the checkpoint's architecture")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                        help="default: fp32 (onnx, openvino), fp16 (tensorrt)")
+    parser.add_argument("--opset", type=int, help="ONNX opset (18..21, default 18)")
+    parser.add_argument("--output-hidden-states", action="store_true", default=None,
+                        help="feature-extraction: also output every hidden state, (batch, layers+1, frames, hidden)")
+    parser.add_argument("--min-shape", type=_shape, metavar="B,SAMPLES", help="smallest input (default 1,400)")
+    parser.add_argument("--opt-shape", type=_shape, metavar="B,SAMPLES",
+                        help="the shape to optimise for (default 1,160000: 10 s)")
+    parser.add_argument("--max-shape", type=_shape, metavar="B,SAMPLES", help="largest input (default 16,960000: 60 s)")
+    parser.add_argument("--calibration-data", type=Path, metavar="AUDIO_DIR",
+                        help="INT8: recordings to calibrate on (default: a built-in set)")
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                        help="OpenVINO INT8: accuracy-controlled quantisation keeping the metric drop under X")
+    parser.add_argument("--data", type=Path, metavar="AUDIO_DIR",
+                        help="also check parity on these recordings (transcripts.tsv beside them adds CER/WER)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
+    _common(parser)
+    return parser
+
+
+def check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubert-export check",
+        description="Re-run an artifact's parity check against its source checkpoint. Exit 0 when every "
+                    "threshold holds, 1 when one fails, 2 on bad input: the CI accuracy gate.",
+    )
+    parser.add_argument("artifact", type=Path, help="artifact directory written by hubert-export")
+    parser.add_argument("--data", type=Path, metavar="AUDIO_DIR", help="also check on these recordings")
+    parser.add_argument("--reference", type=Path, metavar="CHECKPOINT_DIR",
+                        help="the source checkpoint, when it is not where the manifest says (its hash must match)")
+    parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
+    _common(parser)
+    return parser
+
+
+def _recipe_from_args(args: argparse.Namespace):
+    from hubert_export.recipes import default_recipe, load_recipe
+
+    if args.recipe is not None:
+        recipe = load_recipe(args.recipe)
+    elif args.target is None:
+        raise HubertExportError("no target: pass --target onnx|openvino|tensorrt or --recipe FILE")
+    else:
+        recipe = default_recipe(args.target, args.precision)
+    overrides: dict[str, Any] = {
+        "target": args.target, "precision": args.precision, "task": args.task, "export.opset": args.opset,
+        "export.output_hidden_states": args.output_hidden_states,
+        "calibration.data": args.calibration_data, "calibration.max_accuracy_drop": args.max_accuracy_drop,
+    }
+    for slot in ("min", "opt", "max"):
+        shape = getattr(args, f"{slot}_shape")
+        if shape is not None:
+            overrides[f"shapes.{slot}.batch"], overrides[f"shapes.{slot}.samples"] = shape
+    return recipe.with_overrides(**overrides)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from hubert_export.build import DEFAULT_MODEL_DIR, Progress, export_artifact
+
+    recipe = _recipe_from_args(args)
+    model_dir = args.model or DEFAULT_MODEL_DIR
+    output = args.output or Path("artifacts") / f"{Path(model_dir).resolve().name}-{recipe.target}-{recipe.precision}"
+    result = export_artifact(model_dir, output, recipe, overwrite=args.overwrite, data_dir=args.data,
+                             progress=Progress(enabled=not args.quiet))
+    worst = result.report.worst()
+    print(f"artifact   {result.path}  ({result.size_bytes / 1e6:.1f} MB, {recipe.target} {recipe.precision})")
+    print(f"parity     {'PASS' if result.passed else 'FAIL'}  ({len(result.report.cases)} cases; "
+          + ", ".join(f"{k} {v:.3g}" for k, v in sorted(worst.items())) + ")")
+    for failure in result.report.failures:
+        print(f"  - {failure}")
+    if result.latency_seconds is not None:
+        b, s = result.latency_shape
+        print(f"latency    {result.latency_seconds * 1e3:.1f} ms for batch {b} x {s / 16000:.1f} s of audio (median of 3)")
+    return EXIT_OK if result.passed else EXIT_PARITY_FAILED
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from hubert_export.build import Progress, check_artifact
+
+    report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
+                            progress=Progress(enabled=not args.quiet))
+    print(f"parity {'PASS' if report.passed else 'FAIL'}: {args.artifact} ({report.target} {report.precision}, "
+          f"{len(report.cases)} cases)")
+    for failure in report.failures:
+        print(f"  - {failure}")
+    if report.ground_truth:
+        gt = report.ground_truth
+        print(f"reference transcripts: artifact CER {gt['artifact_cer']:.3f} (eager {gt['eager_cer']:.3f}), "
+              f"WER {gt['artifact_wer']:.3f} (eager {gt['eager_wer']:.3f})")
+    return EXIT_OK if report.passed else EXIT_PARITY_FAILED
+
+
+# Subcommands implemented in their own modules register here: name -> (module, parser fn, run fn).
+EXTRA_COMMANDS = {
+    "transcribe": ("hubert_export.transcribe", "transcribe_parser", "run_transcribe"),
+    "bench": ("hubert_export.bench", "bench_parser", "run_bench"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "build"
+    if argv and argv[0] == "build":
+        argv = argv[1:]
+    elif command != "build":
+        argv = argv[1:]
+    if command == "build":
+        parser, run = build_parser(), run_build
+    elif command == "check":
+        parser, run = check_parser(), run_check
+    else:
+        module_name, parser_fn, run_fn = EXTRA_COMMANDS[command]
+        module = importlib.import_module(module_name)
+        parser, run = getattr(module, parser_fn)(), getattr(module, run_fn)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except HubertExportError as exc:
+        if args.debug:
+            raise
+        print(f"hubert-export: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hubert-export: interrupted (nothing was left half-written)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not the user's input: still one line unless --debug
+        if args.debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"hubert-export: internal error: {type(exc).__name__}: {first} (rerun with --debug for the "
+              "traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Trace the canonical model to ONNX with dynamic batch and audio length.
+
+torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`) is used: it traces through
+`torch.export`, so the frame-length arithmetic, the key-padding mask and the even-kernel trim of
+the positional convolution stay symbolic and one graph serves every batch size and length.
+(The older TorchScript exporter bakes some of these shapes into the graph.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import onnx
+import torch
+
+from hubert_export.errors import HubertExportError
+from hubert_export.model import HubertPreTrainedModel
+from hubert_export.tasks import INPUT_AXES, ExportModule, TaskSpec, output_axes
+
+DEFAULT_OPSET = 18
+# onnx protobufs cannot exceed 2 GB; hubert-xlarge (~3.8 GB in float32) needs external data.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+EXTERNAL_DATA_SUFFIX = ".data"
+
+
+@contextlib.contextmanager
+def folded_weight_norm(model: HubertPreTrainedModel) -> Iterator[None]:
+    """The positional conv as a plain conv for the duration of the export, then restored."""
+    backbone = model._backbone()
+    original = backbone.encoder.pos_conv_embed.conv
+    backbone.encoder.pos_conv_embed.fold_weight_norm()
+    try:
+        yield
+    finally:
+        backbone.encoder.pos_conv_embed.conv = original
+
+
+def export_onnx(
+    model: HubertPreTrainedModel,
+    task: TaskSpec,
+    path: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    with_attention_mask: bool = False,
+    output_hidden_states: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> onnx.ModelProto:
+    """Export `model` for `task` to `path`; returns the loaded, checked ONNX model."""
+    if opset < 18:
+        raise HubertExportError(f"opset {opset} is too old: the exporter needs opset 18 or newer (default {DEFAULT_OPSET})")
+    model = model.eval()
+    config = model.config
+    wrapper = ExportModule(model, output_hidden_states)
+    # Batch 2 and a length that is no multiple of the stride keep the tracer from specialising.
+    example = torch.zeros(2, 16_003)
+    example[:, ::7] = 0.5
+    args: tuple[torch.Tensor, ...] = (example,)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    samples = torch.export.Dim("samples", min=config.receptive_field, max=2**30)
+    dynamic_shapes: dict[str, dict[int, torch.export.Dim]] = {"input_values": {0: batch, 1: samples}}
+    input_names = ["input_values"]
+    if with_attention_mask:
+        args = (example, torch.ones(2, 16_003, dtype=torch.int64))
+        dynamic_shapes["attention_mask"] = {0: batch, 1: samples}
+        input_names.append("attention_mask")
+    axes = output_axes(task, output_hidden_states)
+
+    num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = num_bytes > EXTERNAL_DATA_THRESHOLD
+    log(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset}")
+    with folded_weight_norm(model), torch.no_grad(), _quiet_exporter():
+        try:
+            program = torch.onnx.export(
+                wrapper, args, input_names=input_names, output_names=list(axes),
+                dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True,
+                external_data=external, verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many types; the user needs one line
+            raise HubertExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    _name_axes(program.model, input_names, axes)
+    log(f"writing {path.name}" + (" with external data" if external else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path), external_data=external)
+    check_onnx(path)
+    return onnx.load(str(path), load_external_data=False)
+
+
+def check_onnx(path: Path) -> None:
+    """onnx.checker's full check (shape inference included); raises with the checker's reason."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise HubertExportError(f"{path.name} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+
+
+def _name_axes(model: "onnx_ir.Model", input_names: list[str], axes: dict[str, dict[int, str]]) -> None:
+    """Give every dynamic axis its declared name (batch, samples, frames) in the graph's I/O."""
+    import onnx_ir
+
+    declared = {name: INPUT_AXES[name] for name in input_names} | axes
+    for value in list(model.graph.inputs) + list(model.graph.outputs):
+        names = declared.get(value.name, {})
+        dims = [names.get(i, dim) for i, dim in enumerate(value.shape)]
+        value.shape = onnx_ir.Shape(dims)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    # The exporter prints progress banners and warnings meant for its own developers.
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(_Null()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class _Null:
+    def write(self, _: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,355 @@
+"""The parity harness, shared by every back end: does the artifact compute what the model computes?
+
+A `ParityCase` is one input batch (built-in and deterministic, or the user's audio). Both runners
+see the same inputs; outputs are compared on the real frames only (padding excluded):
+
+  every output   max_abs_error, mean_abs_error, relative_l2_error (||a-b|| / ||a||),
+                 min_cosine_similarity (over frames, or rows for classification)
+  ctc            argmax_agreement (per frame), token_edit_rate (edit distance between the greedy
+                 token sequences / reference tokens), cer and wer of decoded transcripts when a
+                 tokenizer is available (artifact against eager; against reference transcripts
+                 too when the data has them, reported beside)
+  classification top1_agreement
+
+Thresholds have per-precision defaults that a recipe can override; the report says which case and
+which metric failed and by how much. Reports are data (`ParityReport.to_dict`) written as
+`parity.json`, a readable `parity.md`, and JUnit XML on request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_audio, prepare_batch, read_transcripts
+from hubert_export.metrics import character_error_rate, edit_distance, word_error_rate
+from hubert_export.model import HubertConfig
+from hubert_export.runner import Runner
+
+# Default thresholds per precision. fp32 is exact up to float rounding; fp16 and int8 are judged
+# on what users consume (directions of features, decoded tokens, top-1 classes), since their
+# absolute errors grow with the output's scale and mean little on their own.
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_error": 1e-4, "relative_l2_error": 1e-4, "min_cosine_similarity": 0.9999,
+             "min_argmax_agreement": 0.995, "max_token_edit_rate": 0.01, "min_top1_agreement": 1.0,
+             "max_cer": 0.01, "max_wer": 0.02},
+    "fp16": {"relative_l2_error": 0.02, "min_cosine_similarity": 0.995, "min_argmax_agreement": 0.97,
+             "max_token_edit_rate": 0.05, "min_top1_agreement": 0.98, "max_cer": 0.05, "max_wer": 0.1},
+    "int8": {"min_cosine_similarity": 0.90, "min_argmax_agreement": 0.85, "max_token_edit_rate": 0.15,
+             "min_top1_agreement": 0.9, "max_cer": 0.10, "max_wer": 0.25},
+}
+
+# metric name -> (threshold name, True when larger is better)
+_GATES: dict[str, tuple[str, bool]] = {
+    "max_abs_error": ("max_abs_error", False),
+    "mean_abs_error": ("mean_abs_error", False),
+    "relative_l2_error": ("relative_l2_error", False),
+    "min_cosine_similarity": ("min_cosine_similarity", True),
+    "argmax_agreement": ("min_argmax_agreement", True),
+    "token_edit_rate": ("max_token_edit_rate", False),
+    "top1_agreement": ("min_top1_agreement", True),
+    "cer": ("max_cer", False),
+    "wer": ("max_wer", False),
+}
+
+BUILTIN_LENGTHS = (400, 1234, 16_000, 48_077)  # the shortest valid input; lengths off the 320 grid
+BUILTIN_PADDED_BATCH = (24_000, 17_777, 9_001)
+
+
+@dataclass
+class ParityCase:
+    name: str
+    inputs: dict[str, np.ndarray]
+    sample_lengths: list[int]
+    reference_texts: list[str | None] | None = None
+
+
+@dataclass
+class CaseResult:
+    name: str
+    shape: list[int]
+    metrics: dict[str, float]
+    seconds_reference: float
+    seconds_candidate: float
+    transcripts: list[dict[str, str | None]] | None = None
+
+
+@dataclass
+class ParityReport:
+    target: str
+    precision: str
+    task: str
+    thresholds: dict[str, float]
+    cases: list[CaseResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    ground_truth: dict[str, float] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def worst(self) -> dict[str, float]:
+        """Each metric's worst value over the cases."""
+        worst: dict[str, float] = {}
+        for case in self.cases:
+            for metric, value in case.metrics.items():
+                larger_is_better = _GATES.get(metric, (None, False))[1]
+                if metric not in worst:
+                    worst[metric] = value
+                else:
+                    worst[metric] = min(worst[metric], value) if larger_is_better else max(worst[metric], value)
+        return worst
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed, "target": self.target, "precision": self.precision, "task": self.task,
+            "thresholds": self.thresholds, "worst": self.worst(), "failures": self.failures,
+            "ground_truth": self.ground_truth, "cases": [dataclasses.asdict(c) for c in self.cases],
+        }
+
+    def to_markdown(self) -> str:
+        metrics = sorted({m for c in self.cases for m in c.metrics})
+        lines = [
+            f"# Parity: {self.target} {self.precision} ({self.task})", "",
+            f"Verdict: **{'PASS' if self.passed else 'FAIL'}**", "",
+            "| case | shape | " + " | ".join(metrics) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in metrics) + " |",
+        ]
+        for case in self.cases:
+            cells = [_fmt(case.metrics[m]) if m in case.metrics else "" for m in metrics]
+            lines.append(f"| {case.name} | {'x'.join(map(str, case.shape))} | " + " | ".join(cells) + " |")
+        lines += ["", "| threshold | value | worst |", "| --- | --- | --- |"]
+        worst = self.worst()
+        for metric, (threshold, _) in _GATES.items():
+            if threshold in self.thresholds and metric in worst:
+                lines.append(f"| {threshold} | {_fmt(self.thresholds[threshold])} | {_fmt(worst[metric])} |")
+        if self.ground_truth:
+            lines += ["", "Against reference transcripts: " + ", ".join(
+                f"{k} {_fmt(v)}" for k, v in self.ground_truth.items())]
+        if self.failures:
+            lines += ["", "Failures:"] + [f"- {f}" for f in self.failures]
+        return "\n".join(lines) + "\n"
+
+    def to_junit(self) -> str:
+        suite = ET.Element("testsuite", name=f"hubert-export parity {self.target} {self.precision}",
+                           tests=str(len(self.cases)), failures=str(sum(1 for c in self.cases if self._case_failures(c))))
+        for case in self.cases:
+            element = ET.SubElement(suite, "testcase", classname=f"parity.{self.target}.{self.precision}",
+                                    name=case.name, time=f"{case.seconds_candidate:.4f}")
+            problems = self._case_failures(case)
+            if problems:
+                ET.SubElement(element, "failure", message="; ".join(problems)).text = "\n".join(problems)
+        return ET.tostring(suite, encoding="unicode")
+
+    def _case_failures(self, case: CaseResult) -> list[str]:
+        return [f for f in self.failures if f.startswith(f"{case.name}:")]
+
+    def write(self, directory: Path) -> None:
+        (directory / "parity.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (directory / "parity.md").write_text(self.to_markdown())
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, float) and 0.99 < value < 1.0:
+        return f"{value:.6f}"  # cosines and agreements: .3g would round 0.9999 up to 1
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def thresholds_for(precision: str, overrides: dict[str, float] | None = None) -> dict[str, float]:
+    return {**DEFAULT_THRESHOLDS[precision], **(overrides or {})}
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _speech_like(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A deterministic stand-in for speech: modulated harmonics plus noise, normalised."""
+    t = np.arange(n) / 16_000
+    pitch = 110 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / 16_000
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, np.pi))
+    signal = envelope * voiced + 0.3 * rng.standard_normal(n)
+    return ((signal - signal.mean()) / (signal.std() + 1e-7)).astype(np.float32)
+
+
+def _batch(name: str, waveforms: list[np.ndarray], fe: FeatureExtractorConfig, with_mask: bool,
+           texts: list[str | None] | None = None) -> ParityCase:
+    fe = dataclasses.replace(fe, return_attention_mask=with_mask)
+    inputs = prepare_batch(waveforms, fe)
+    return ParityCase(name, inputs, [len(w) for w in waveforms], texts)
+
+
+def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool, max_samples: int | None = None,
+                  speech_dir: Path | None = None) -> list[ParityCase]:
+    """Deterministic inputs: several lengths (batch 1) and a padded batch of 3; plus shipped speech."""
+    rng = np.random.default_rng(20241125)
+    cases = []
+    for n in BUILTIN_LENGTHS:
+        if max_samples is None or n <= max_samples:
+            cases.append(_batch(f"b1-{n}", [_speech_like(rng, n)], fe, with_attention_mask))
+    lengths = [n for n in BUILTIN_PADDED_BATCH if max_samples is None or n <= max_samples]
+    cases.append(_batch(f"b3-padded-{'-'.join(map(str, lengths))}",
+                        [_speech_like(rng, n) for n in lengths], fe, with_attention_mask))
+    if speech_dir is not None and speech_dir.is_dir():
+        cases += data_cases(speech_dir, fe, with_attention_mask, max_samples=max_samples, limit=6)
+    return cases
+
+
+def data_cases(directory: Path, fe: FeatureExtractorConfig, with_attention_mask: bool,
+               max_samples: int | None = None, limit: int | None = None) -> list[ParityCase]:
+    """One batch-1 case per audio file of a directory (the user's `--data`)."""
+    transcripts = read_transcripts(directory)
+    cases = []
+    for path in iter_audio_files(directory)[:limit]:
+        waveform = load_audio(path, fe.sampling_rate)
+        if max_samples is not None and len(waveform) > max_samples:
+            waveform = waveform[:max_samples]
+        cases.append(_batch(path.stem, [waveform], fe, with_attention_mask, [transcripts.get(path.stem)]))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def _valid_rows(array: np.ndarray, frames: list[int] | None) -> np.ndarray:
+    """(B, T, ...) -> (sum of real frames, ...) : padding excluded. Classification is (B, C)."""
+    if frames is None or array.ndim < 3:
+        return array.reshape(array.shape[0], -1) if array.ndim == 2 else array.reshape(-1, array.shape[-1])
+    if array.ndim == 4:  # stacked hidden states (B, L, T, D)
+        return np.concatenate([array[b, :, :f].reshape(-1, array.shape[-1]) for b, f in enumerate(frames)])
+    return np.concatenate([array[b, :f] for b, f in enumerate(frames)])
+
+
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Elementwise and per-row metrics of two (rows, features) arrays."""
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    diff = np.abs(ref - cand)
+    norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
+    cosine = np.sum(ref * cand, axis=-1) / np.maximum(norms, 1e-12)
+    # Rows that are zero in both (fully silent frames) are identical, not orthogonal.
+    cosine = np.where(norms == 0, 1.0, cosine)
+    return {
+        "max_abs_error": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
+        "relative_l2_error": float(np.linalg.norm(ref - cand) / max(np.linalg.norm(ref), 1e-12)),
+        "min_cosine_similarity": float(cosine.min()) if cosine.size else 1.0,
+    }
+
+
+def _ctc_tokens(frame_ids: np.ndarray, blank: int) -> list[int]:
+    tokens, previous = [], None
+    for token in frame_ids.tolist():
+        if token != previous and token != blank:
+            tokens.append(token)
+        previous = token
+    return tokens
+
+
+def compare_ctc(reference: np.ndarray, candidate: np.ndarray, frames: list[int], blank: int) -> dict[str, float]:
+    agree = total = edits = ref_tokens = 0
+    for b, f in enumerate(frames):
+        ref_ids, cand_ids = reference[b, :f].argmax(-1), candidate[b, :f].argmax(-1)
+        agree += int((ref_ids == cand_ids).sum())
+        total += f
+        ref_seq = _ctc_tokens(ref_ids, blank)
+        edits += edit_distance(ref_seq, _ctc_tokens(cand_ids, blank))
+        ref_tokens += len(ref_seq)
+    return {"argmax_agreement": agree / max(total, 1), "token_edit_rate": edits / max(ref_tokens, 1)}
+
+
+# ------------------------------------------------------------------------------------------ harness
+def run_parity(
+    reference: Runner,
+    candidate: Runner,
+    cases: list[ParityCase],
+    *,
+    config: HubertConfig,
+    task: str,
+    target: str,
+    precision: str,
+    thresholds: dict[str, float],
+    tokenizer: Any | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ParityReport:
+    report = ParityReport(target, precision, task, thresholds)
+    hyps, refs, truth_hyps, truth_refs, truths = [], [], [], [], []
+    for i, case in enumerate(cases, 1):
+        progress(f"parity case {i}/{len(cases)}: {case.name}")
+        inputs = {k: v for k, v in case.inputs.items() if k in candidate.input_names}
+        start = time.perf_counter()
+        ref_out = reference.infer({k: v for k, v in case.inputs.items() if k in reference.input_names})
+        middle = time.perf_counter()
+        cand_out = candidate.infer(inputs)
+        end = time.perf_counter()
+        frames = [config.num_frames(n) for n in case.sample_lengths]
+        metrics: dict[str, float] = {}
+        for name in reference.output_names:
+            if name not in cand_out:
+                report.failures.append(f"{case.name}: output {name} missing from the artifact")
+                continue
+            if cand_out[name].shape != ref_out[name].shape:
+                report.failures.append(f"{case.name}: output {name} has shape {list(cand_out[name].shape)}, "
+                                       f"expected {list(ref_out[name].shape)}")
+                continue
+            per_output = compare_arrays(_valid_rows(ref_out[name], frames), _valid_rows(cand_out[name], frames))
+            for metric, value in per_output.items():  # worst over outputs
+                better_large = _GATES[metric][1]
+                metrics[metric] = value if metric not in metrics else (
+                    min(metrics[metric], value) if better_large else max(metrics[metric], value))
+        main = reference.output_names[0]
+        transcripts = None
+        if main in cand_out and cand_out[main].shape == ref_out[main].shape:
+            if task == "ctc":
+                metrics.update(compare_ctc(ref_out[main], cand_out[main], frames, config.pad_token_id or 0))
+                if tokenizer is not None:
+                    ref_text = tokenizer.greedy_decode(ref_out[main], frames)
+                    cand_text = tokenizer.greedy_decode(cand_out[main], frames)
+                    metrics["cer"] = character_error_rate(cand_text, ref_text)
+                    metrics["wer"] = word_error_rate(cand_text, ref_text)
+                    hyps += cand_text
+                    refs += ref_text
+                    truth = case.reference_texts or [None] * len(ref_text)
+                    transcripts = [{"eager": r, "artifact": c, "reference": t}
+                                   for r, c, t in zip(ref_text, cand_text, truth)]
+                    for r, c, t in zip(ref_text, cand_text, truth):
+                        if t is not None:
+                            truth_refs.append(t)
+                            truth_hyps.append(c)
+                            truths.append(r)
+            elif task == "sequence-classification":
+                metrics["top1_agreement"] = float(
+                    (ref_out[main].argmax(-1) == cand_out[main].argmax(-1)).mean())
+        report.cases.append(CaseResult(case.name, list(case.inputs["input_values"].shape), metrics,
+                                       middle - start, end - middle, transcripts))
+        for metric, value in metrics.items():
+            threshold_name, larger_is_better = _GATES[metric]
+            if threshold_name not in thresholds or metric in ("cer", "wer"):
+                continue  # transcripts are gated over the whole set below, not per utterance
+            limit = thresholds[threshold_name]
+            if (value < limit) if larger_is_better else (value > limit):
+                report.failures.append(
+                    f"{case.name}: {metric} {value:.3g} {'below' if larger_is_better else 'above'} "
+                    f"{threshold_name} {limit:.3g}")
+    if hyps:
+        for metric, value in (("cer", character_error_rate(hyps, refs)), ("wer", word_error_rate(hyps, refs))):
+            limit = thresholds.get(f"max_{metric}")
+            if limit is not None and value > limit:
+                report.failures.append(f"all cases: {metric} against eager transcripts {value:.3g} above max_{metric} {limit:.3g}")
+    if truth_refs:
+        report.ground_truth = {
+            "artifact_cer": character_error_rate(truth_hyps, truth_refs),
+            "eager_cer": character_error_rate(truths, truth_refs),
+            "artifact_wer": word_error_rate(truth_hyps, truth_refs),
+            "eager_wer": word_error_rate(truths, truth_refs),
+            "utterances": float(len(truth_refs)),
+        }
+    if any(math.isnan(v) for c in report.cases for v in c.metrics.values()):
+        report.failures.append("some metrics are NaN: the artifact produced NaN or Inf outputs")
+    return report

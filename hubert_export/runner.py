@@ -1,0 +1,86 @@
+"""Runners: anything that maps named input arrays to named output arrays.
+
+Every back end's `load()` returns one; so does the eager PyTorch model. The parity harness and the
+benchmarks only ever call `infer`, so they never know which back end produced an output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from hubert_export.model import HubertPreTrainedModel
+from hubert_export.tasks import ExportModule, TaskSpec, output_axes
+
+
+class Runner:
+    """Base class: a context manager with I/O names and `infer`."""
+
+    name: str = "runner"
+    input_names: list[str]
+    output_names: list[str]
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the runner holds (sessions, compiled models, GPU memory)."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class EagerRunner(Runner):
+    """The canonical PyTorch model, in eval mode: the reference of every parity check."""
+
+    def __init__(
+        self,
+        model: HubertPreTrainedModel,
+        task: TaskSpec,
+        *,
+        with_attention_mask: bool = False,
+        output_hidden_states: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+    ) -> None:
+        self.name = f"eager-{str(dtype).removeprefix('torch.')}"
+        self.module = ExportModule(model.to(device=device, dtype=dtype).eval(), output_hidden_states)
+        self.dtype = dtype
+        self.device = device
+        self.input_names = ["input_values"] + (["attention_mask"] if with_attention_mask else [])
+        self.output_names = list(output_axes(task, output_hidden_states))
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = torch.from_numpy(np.ascontiguousarray(inputs["input_values"])).to(self.device, self.dtype)
+        mask = None
+        if "attention_mask" in self.input_names and "attention_mask" in inputs:
+            mask = torch.from_numpy(np.ascontiguousarray(inputs["attention_mask"])).to(self.device)
+        with torch.inference_mode():
+            outputs = self.module(values, mask)
+        return {name: out.float().cpu().numpy() for name, out in zip(self.output_names, outputs)}
+
+
+def check_inputs(inputs: dict[str, np.ndarray], input_names: list[str], shape_range: Any | None) -> None:
+    """Refuse inputs the artifact was not built for, with a message that says what it accepts."""
+    from hubert_export.errors import HubertExportError
+
+    missing = [n for n in input_names if n not in inputs]
+    if missing:
+        raise HubertExportError(f"missing input {', '.join(missing)}: this artifact takes {', '.join(input_names)}")
+    values = inputs["input_values"]
+    if values.ndim != 2:
+        raise HubertExportError(f"input_values must be (batch, samples), got shape {list(values.shape)}")
+    if not np.isfinite(values).all():
+        raise HubertExportError("input_values holds NaN or Inf: clean the audio before inference")
+    if shape_range is not None and not shape_range.contains(*values.shape):
+        low, high = shape_range.min, shape_range.max
+        raise HubertExportError(
+            f"input of batch {values.shape[0]} x {values.shape[1]} samples is outside this artifact's shape range "
+            f"(batch {low.batch}..{high.batch}, samples {low.samples}..{high.samples}): split the input or "
+            "rebuild with a wider --max-shape"
+        )
