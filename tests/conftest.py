@@ -62,3 +62,19 @@ def onnx_artifact(tmp_path_factory, ctc_checkpoint) -> Path:
     result = export_artifact(ctc_checkpoint, out, default_recipe("onnx"), progress=lambda _: None)
     assert result.passed, result.report.failures
     return out
+
+
+@pytest.fixture(scope="session")
+def calibration_dir(tmp_path_factory) -> Path:
+    """Eight short speech-like FLAC recordings (harmonics, modulation, noise) to calibrate INT8 on."""
+    import numpy as np
+    import soundfile as sf
+
+    from hubert_export.parity import _speech_like
+
+    directory = tmp_path_factory.mktemp("calibration")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        waveform = 0.1 * _speech_like(rng, int(rng.integers(8_000, 24_000)))
+        sf.write(directory / f"clip{i}.flac", waveform, 16_000)
+    return directory
