@@ -113,16 +113,18 @@ def export_artifact(
     axes = output_axes(task, recipe.export.output_hidden_states)
 
     with artifacts.building(output, overwrite=overwrite) as tmp:
-        from hubert_export.export import export_onnx
+        from hubert_export.export import export_onnx, save_onnx
         from hubert_export.passes import run_passes
 
         work = tmp / ".work"
         work.mkdir()
         onnx_path = work / EXPORT_NAME
         log(f"exporting {task.name} to ONNX")
-        export_onnx(model, task, onnx_path, opset=recipe.export.opset, with_attention_mask=with_mask,
-                    output_hidden_states=recipe.export.output_hidden_states, log=log)
-        _save(run_passes(_load_onnx(onnx_path), COMMON_PASSES, log=log), onnx_path)
+        exported = export_onnx(model, task, onnx_path, opset=recipe.export.opset, with_attention_mask=with_mask,
+                               output_hidden_states=recipe.export.output_hidden_states,
+                               exporter=recipe.export.exporter, log=log)
+        save_onnx(run_passes(exported, COMMON_PASSES, log=log), onnx_path)
+        del exported
 
         ctx = BuildContext(onnx_path, tmp, recipe, config, fe, task, input_names, list(axes), log,
                            _calibration_loader(recipe, fe, input_names, log))
@@ -250,18 +252,6 @@ def _io_section(input_names: list[str], axes: dict[str, dict[int, str]], config:
     dynamic.update({n: {str(k): v for k, v in a.items()} for n, a in axes.items()})
     return {"inputs": inputs, "outputs": outputs, "dynamic_axes": dynamic,
             "frames": {"stride_samples": config.inputs_to_logits_ratio, "receptive_field": config.receptive_field}}
-
-
-def _load_onnx(path: Path):
-    import onnx
-
-    return onnx.load(str(path))
-
-
-def _save(model, path: Path) -> None:
-    import onnx
-
-    onnx.save(model, str(path))
 
 
 def _remove_tree(path: Path) -> None:

@@ -1,9 +1,12 @@
 """Trace the canonical model to ONNX with dynamic batch and audio length.
 
-torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`) is used: it traces through
-`torch.export`, so the frame-length arithmetic, the key-padding mask and the even-kernel trim of
-the positional convolution stay symbolic and one graph serves every batch size and length.
-(The older TorchScript exporter bakes some of these shapes into the graph.)
+Two exporters, both tested for the same parity at every length:
+- "torchscript" (default): torch's tracing exporter, the one Optimum uses. The model is written so
+  that tracing stays general (frame counts come from tensor shapes, no Python branching on
+  values), and it exports hubert-base in about a third of the dynamo exporter's time.
+- "dynamo": `torch.onnx.export(..., dynamo=True)` through `torch.export`, with symbolic batch and
+  samples dimensions; the exporter torch develops going forward.
+The weight-normed positional convolution is folded into a plain convolution for the export.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from hubert_export.model import HubertPreTrainedModel
 from hubert_export.tasks import INPUT_AXES, ExportModule, TaskSpec, output_axes
 
 DEFAULT_OPSET = 18
+DEFAULT_EXPORTER = "torchscript"
+EXPORTERS = ("torchscript", "dynamo")
 # onnx protobufs cannot exceed 2 GB; hubert-xlarge (~3.8 GB in float32) needs external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 EXTERNAL_DATA_SUFFIX = ".data"
@@ -47,11 +52,14 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     with_attention_mask: bool = False,
     output_hidden_states: bool = False,
+    exporter: str = DEFAULT_EXPORTER,
     log: Callable[[str], None] = lambda _: None,
 ) -> onnx.ModelProto:
     """Export `model` for `task` to `path`; returns the loaded, checked ONNX model."""
     if opset < 18:
         raise HubertExportError(f"opset {opset} is too old: the exporter needs opset 18 or newer (default {DEFAULT_OPSET})")
+    if exporter not in EXPORTERS:
+        raise HubertExportError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
     model = model.eval()
     config = model.config
     wrapper = ExportModule(model, output_hidden_states)
@@ -71,22 +79,47 @@ def export_onnx(
 
     num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = num_bytes > EXTERNAL_DATA_THRESHOLD
-    log(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset}")
+    log(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset} ({exporter})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The wrapper is a fresh nn.Module, in training mode unless told: the exporter restores that
+    # mode on the whole model afterwards, which would switch dropout on in the eager reference.
+    wrapper.eval()
     with folded_weight_norm(model), torch.no_grad(), _quiet_exporter():
         try:
-            program = torch.onnx.export(
-                wrapper, args, input_names=input_names, output_names=list(axes),
-                dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True,
-                external_data=external, verbose=False,
-            )
+            if exporter == "torchscript":
+                _export_torchscript(wrapper, args, path, input_names, axes, opset, external)
+            else:
+                _export_dynamo(wrapper, args, path, input_names, axes, opset, external, dynamic_shapes)
         except Exception as exc:  # the exporter raises many types; the user needs one line
             raise HubertExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-    _name_axes(program.model, input_names, axes)
-    log(f"writing {path.name}" + (" with external data" if external else ""))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path), external_data=external)
     check_onnx(path)
-    return onnx.load(str(path), load_external_data=False)
+    return onnx.load(str(path))
+
+
+def _export_torchscript(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                        axes: dict[str, dict[int, str]], opset: int, external: bool) -> None:
+    dynamic_axes = {name: INPUT_AXES[name] for name in input_names} | axes
+    torch.onnx.export(wrapper, args, str(path), input_names=input_names, output_names=list(axes),
+                      dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    if external:
+        # The tracing exporter writes tensors over 2 GB as loose files: gather them into one.
+        save_onnx(onnx.load(str(path)), path)
+
+
+def _export_dynamo(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                   axes: dict[str, dict[int, str]], opset: int, external: bool,
+                   dynamic_shapes: dict[str, dict[int, torch.export.Dim]]) -> None:
+    program = torch.onnx.export(
+        wrapper, args, input_names=input_names, output_names=list(axes), dynamic_shapes=dynamic_shapes,
+        opset_version=opset, dynamo=True, optimize=False, external_data=external, verbose=False,
+    )
+    _name_axes(program.model, input_names, axes)
+    program.save(str(path), external_data=external)
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Save `model`, its weights in one external `<name>.data` file when they exceed protobuf's 2 GB."""
+    big = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+    onnx.save(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+              location=path.name + EXTERNAL_DATA_SUFFIX)
 
 
 def check_onnx(path: Path) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,28 +98,62 @@ def _use_counts(graph: onnx.GraphProto) -> dict[str, int]:
     return counts
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """The values of the graph's constants: initializers and Constant nodes.
+class _Constants(Mapping[str, np.ndarray]):
+    """The values of a graph's constants (initializers and Constant nodes), read on first use.
 
-    An initializer that is also a graph input is only a default the caller may override, so it is
-    not a constant.
+    Converting every weight of hubert-base up front costs a second; passes look at a few. An
+    initializer that is also a graph input is only a default the caller may override, so it is not
+    a constant. Values are read-only views: passes build new tensors, never edit these.
     """
-    inputs = {i.name for i in graph.input}
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in inputs}
-    for node in graph.node:
-        if node.op_type == "Constant" and _is_default_domain(node) and len(node.attribute) == 1:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                values[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif attr.name == "value_float":
-                values[node.output[0]] = np.array(attr.f, dtype=np.float32)
-            elif attr.name == "value_floats":
-                values[node.output[0]] = np.array(attr.floats, dtype=np.float32)
-            elif attr.name == "value_int":
-                values[node.output[0]] = np.array(attr.i, dtype=np.int64)
-            elif attr.name == "value_ints":
-                values[node.output[0]] = np.array(attr.ints, dtype=np.int64)
-    return values
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        inputs = {i.name for i in graph.input}
+        self._tensors: dict[str, onnx.TensorProto | np.ndarray] = {
+            t.name: t for t in graph.initializer if t.name not in inputs}
+        for node in graph.node:
+            if node.op_type == "Constant" and _is_default_domain(node) and len(node.attribute) == 1:
+                attr = node.attribute[0]
+                if attr.name == "value":
+                    self._tensors[node.output[0]] = attr.t
+                elif attr.name in _CONSTANT_ATTRIBUTES:
+                    dtype, read = _CONSTANT_ATTRIBUTES[attr.name]
+                    self._tensors[node.output[0]] = np.array(read(attr), dtype=dtype)
+        self._values: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            tensor = self._tensors[name]
+            self._values[name] = tensor if isinstance(tensor, np.ndarray) else _tensor_value(tensor)
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A constant's shape, without reading its data."""
+        tensor = self._tensors[name]
+        return tuple(tensor.shape) if isinstance(tensor, np.ndarray) else tuple(tensor.dims)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+_CONSTANT_ATTRIBUTES = {
+    "value_float": (np.float32, lambda a: a.f), "value_floats": (np.float32, lambda a: a.floats),
+    "value_int": (np.int64, lambda a: a.i), "value_ints": (np.int64, lambda a: a.ints),
+}
+
+
+def _tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
+    if tensor.HasField("raw_data") and tensor.data_location != onnx.TensorProto.EXTERNAL:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        if dtype.kind in "fiub" and dtype.itemsize in (1, 2, 4, 8) and tensor.data_type != onnx.TensorProto.BFLOAT16:
+            # zero-copy view of little-endian raw bytes (ONNX stores raw data little-endian)
+            return np.frombuffer(tensor.raw_data, dtype=dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
+    return numpy_helper.to_array(tensor)
 
 
 class _Names:
@@ -196,7 +230,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
     try:
         # onnxscript deserialises a ModelProto into its own IR and returns a new proto.
-        return onnxscript.optimizer.optimize(_copy(model))
+        return onnxscript.optimizer.optimize(_copy(model), num_iterations=1)
     except Exception as exc:  # the optimiser raises many types; the user needs one line
         raise HubertExportError(
             f"constant folding failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
@@ -276,7 +310,7 @@ def fuse_qkv_projections(model: onnx.ModelProto) -> onnx.ModelProto:
     out = _copy(model)
     graph = out.graph
     nodes = list(graph.node)
-    constants = _constants(graph)
+    constants = _Constants(graph)
     uses = _use_counts(graph)
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
@@ -288,7 +322,7 @@ def fuse_qkv_projections(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type != "MatMul" or not _is_default_domain(node) or len(node.input) != 2:
             continue
         x, w = node.input
-        if x in constants or w not in constants or constants[w].ndim != 2:
+        if x in constants or w not in constants or len(constants.shape(w)) != 2:
             continue
         groups.setdefault(x, []).append(i)
 
@@ -411,7 +445,7 @@ def fuse_gelu(model: onnx.ModelProto, domain: str | None = CONTRIB_DOMAIN) -> on
 
     out = _copy(model)
     graph = out.graph
-    constants = _constants(graph)
+    constants = _Constants(graph)
     uses = _use_counts(graph)
     producers = {name: node for node in graph.node for name in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -576,6 +610,7 @@ def optimize_for_onnxruntime(model: onnx.ModelProto, level: str = "extended") ->
             "optimize_for_onnxruntime: the model's weights are in external data, which the offline optimiser "
             "cannot read: load it with onnx.load(path, load_external_data=True), or skip this pass"
         )
+    interface = {v.name: v for v in (*model.graph.input, *model.graph.output)}
     options = ort.SessionOptions()
     options.graph_optimization_level = levels[level]
     options.log_severity_level = 3
@@ -590,7 +625,12 @@ def optimize_for_onnxruntime(model: onnx.ModelProto, level: str = "extended") ->
                 f"ONNX Runtime cannot load the model to optimise it ({str(exc).splitlines()[0][:200]}): "
                 "drop optimize_for_onnxruntime from the pass list"
             ) from exc
-        return onnx.load(str(target))
+        optimized = onnx.load(str(target))
+    # The optimiser may rewrite the I/O's symbolic dims: the interface stays the exporter's.
+    for value in (*optimized.graph.input, *optimized.graph.output):
+        if value.name in interface:
+            value.CopyFrom(interface[value.name])
+    return optimized
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Schema (defaults in brackets):
     task: feature-extraction | ctc | sequence-classification | auto   [auto]
     target: onnx | openvino | tensorrt                                 (required)
     precision: fp32 | fp16 | int8      [fp32 for onnx/openvino, fp16 for tensorrt]
-    export: {opset [18], output_hidden_states [false], attention_mask [auto]}
+    export: {opset [18], output_hidden_states [false], attention_mask [auto], exporter [torchscript]}
     shapes: {min [1, 400], opt [1, 160000], max [16, 960000], profiles [[]]}
     calibration: {data, subset_size, method, preset, smooth_quant_alpha, ignored_scopes,
                   fast_bias_correction, max_accuracy_drop}                         (INT8 only)
@@ -125,6 +125,9 @@ class ExportOptions:
     # "auto": export an attention_mask input only when the checkpoint's feature extractor returns
     # one (HuBERT-large/xlarge do; HuBERT-base, trained without padding masks, does not).
     attention_mask: Literal["auto"] | bool = "auto"
+    # "torchscript": torch's tracing exporter (the one Optimum uses), several times faster;
+    # "dynamo": torch.export-based, the exporter torch develops going forward. Both are tested.
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
 
 
 @dataclass(frozen=True)
@@ -646,6 +649,7 @@ class _RecipeParser:
             output_hidden_states=self.boolean(d.get("output_hidden_states", default.output_hidden_states),
                                               path + ("output_hidden_states",)),
             attention_mask=mask,
+            exporter=self.choice(d.get("exporter", default.exporter), path + ("exporter",), ("torchscript", "dynamo")),
         )
 
     def dim(self, value: Any, path: tuple[str, ...], dim: str) -> int:

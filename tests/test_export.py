@@ -20,11 +20,12 @@ def run(path, inputs):
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, {n: inputs[n] for n in names})))
 
 
-@pytest.fixture(scope="module")
-def exported_ctc(ctc_checkpoint, tmp_path_factory):
+@pytest.fixture(scope="module", params=["torchscript", "dynamo"])
+def exported_ctc(ctc_checkpoint, tmp_path_factory, request):
     model = HubertForCTC.from_pretrained(ctc_checkpoint)
     path = tmp_path_factory.mktemp("export") / "ctc.onnx"
-    export_onnx(model, get_task("ctc"), path)
+    export_onnx(model, get_task("ctc"), path, exporter=request.param)
+    assert not model.training  # the exporter must leave the reference in eval mode
     return model, path
 
 
@@ -42,7 +43,8 @@ def test_names_and_symbolic_axes(exported_ctc):
 
 @pytest.mark.parametrize("batch, samples", [(1, 400), (1, 1234), (2, 16_000), (3, 33_333), (1, 160_000)])
 def test_one_export_serves_every_shape(exported_ctc, batch, samples):
-    """Exported at one shape (2 x 16003), correct at the shortest valid input and at other lengths."""
+    """Exported at one shape (2 x 16003), correct at the shortest valid input and at other lengths,
+    whichever exporter traced it."""
     model, path = exported_ctc
     x = np.random.default_rng(samples).standard_normal((batch, samples)).astype(np.float32)
     expected = EagerRunner(model, get_task("ctc")).infer({"input_values": x})["logits"]
@@ -51,11 +53,13 @@ def test_one_export_serves_every_shape(exported_ctc, batch, samples):
     assert np.abs(got - expected).max() < 1e-4
 
 
-def test_attention_mask_input_and_hidden_states(tmp_path):
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_attention_mask_input_and_hidden_states(tmp_path, exporter):
     path = save_reference_checkpoint(tmp_path / "ck", "HubertModel", **TINY_LARGE)
     model = HubertModel.from_pretrained(path)
     onnx_path = tmp_path / "m.onnx"
-    export_onnx(model, get_task("feature-extraction"), onnx_path, with_attention_mask=True, output_hidden_states=True)
+    export_onnx(model, get_task("feature-extraction"), onnx_path, with_attention_mask=True, output_hidden_states=True,
+                exporter=exporter)
     x = np.random.default_rng(0).standard_normal((2, 9000)).astype(np.float32)
     mask = np.ones((2, 9000), dtype=np.int64)
     mask[1, 5000:] = 0

@@ -184,6 +184,7 @@ def test_field_in_the_wrong_section_points_to_its_section():
         ({"target": "onnx", "export": {"opset": 22}}, "export.opset", "18..21"),
         ({"target": "onnx", "export": {"opset": True}}, "export.opset", "whole number"),
         ({"target": "onnx", "export": {"output_hidden_states": "yes"}}, "export.output_hidden_states", "true or false"),
+        ({"target": "onnx", "export": {"exporter": "jit"}}, "export.exporter", "torchscript"),
         ({"target": "tensorrt", "precision": "int8"}, "precision", "fp16, fp32"),
         ({"target": "onnx", "precision": "fp64"}, "precision", "fp32"),
         ({"target": "trt"}, "target", "onnx, openvino, tensorrt"),

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from hubert_export.artifact import Artifact
 from hubert_export.backends import BuildContext
 from hubert_export.errors import HubertExportError
+from hubert_export.export import save_onnx
 from hubert_export.passes import run_passes
 from hubert_export.runner import Runner, check_inputs
 
@@ -38,7 +39,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     section: dict[str, Any] = {"files": [MODEL_NAME], "onnxruntime": ort.__version__}
     if precision == "fp32":
         model = run_passes(onnx.load(str(ctx.onnx_path)), ORT_PASSES, log=ctx.log)
-        onnx.save(model, str(target))
+        save_onnx(model, target)
         section["passes"] = ORT_PASSES
     elif precision == "int8":
         method = ctx.recipe.calibration.method
