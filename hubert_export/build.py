@@ -23,6 +23,7 @@ from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_a
 from hubert_export.backends import BuildContext, get_backend
 from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertConfig
+from hubert_export.model.weights import load_checkpoint_state
 from hubert_export.parity import ParityReport, builtin_cases, data_cases, run_parity, thresholds_for
 from hubert_export.recipes import Recipe
 from hubert_export.runner import EagerRunner
@@ -64,6 +65,12 @@ class BuildResult:
 def _load_model(model_dir: Path, task_name: str):
     config = HubertConfig.from_pretrained(model_dir)
     task = get_task(infer_task(config) if task_name == "auto" else task_name)
+    head = {"ctc": "lm_head", "sequence-classification": "classifier"}.get(task.name)
+    # from_pretrained initialises a missing head at random (for fine-tuning); an export of one is garbage.
+    if head and not any(k.startswith(f"{head}.") for k in load_checkpoint_state(model_dir)):  # mmap: names only
+        raise HubertExportError(
+            f"checkpoint {model_dir} has no {head} weights, so it was not fine-tuned for --task {task.name}: "
+            f"pass a {task.model_class.__name__} checkpoint, or --task feature-extraction")
     return config, task, task.model_class.from_pretrained(model_dir)
 
 

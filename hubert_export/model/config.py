@@ -124,7 +124,7 @@ class HubertConfig:
     # -------------------------------------------------------------------------------- validation
     def validate(self) -> None:
         def bad(msg: str) -> HubertExportError:
-            return HubertExportError(f"invalid HubertConfig: {msg}")
+            return HubertExportError(f"invalid HubertConfig: {msg}: fix the value in config.json")
 
         n = len(self.conv_dim)
         if n == 0 or len(self.conv_stride) != n or len(self.conv_kernel) != n:
@@ -178,7 +178,8 @@ class HubertConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HubertConfig:
         if not isinstance(data, dict):
-            raise HubertExportError("invalid HubertConfig: config.json must hold a JSON object")
+            raise HubertExportError("invalid HubertConfig: config.json must hold a JSON object: restore the "
+                                    "checkpoint's config.json")
         data = dict(data)
         model_type = data.pop("model_type", "hubert")
         if model_type not in ("hubert", None):

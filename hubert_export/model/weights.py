@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > path.stat().st_size - 8:  # random bytes would ask for exabytes
+                raise ValueError(f"header length {header_len} exceeds the file")
             header = json.loads(f.read(header_len))
         data_start = 8 + header_len
         file_size = path.stat().st_size
@@ -87,7 +90,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             tensor = torch.from_numpy(array)
             tensors[name] = tensor.view(torch_view) if torch_view is not None else tensor
         return tensors
-    except (OSError, ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error, json.JSONDecodeError) as exc:
         raise HubertExportError(
             f"{path} is not a readable safetensors file ({exc}): the file is truncated or corrupt, download it again"
         ) from None
@@ -103,16 +106,24 @@ def read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
+        # torch's message is a paragraph; the global the pickle wanted to call is what matters.
+        called = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+        reason = f"it calls {called.group(1)}" if called else _first_sentence(exc)
         raise HubertExportError(
-            f"{path} holds pickled code, not just weights, and was not loaded ({str(exc).splitlines()[0]}): "
+            f"{path} holds pickled code, not just weights, and was not loaded ({reason}): "
             "convert the checkpoint to safetensors with a trusted tool"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise HubertExportError(f"{path} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}): "
+        raise HubertExportError(f"{path} is not a readable PyTorch checkpoint ({_first_sentence(exc)}): "
                                 "the file is truncated or corrupt, download it again") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise HubertExportError(f"{path} does not hold a state dict of tensors: point at a model checkpoint")
     return state
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")[:200]
 
 
 def load_checkpoint_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
