@@ -1,0 +1,79 @@
+"""The command line: every option documented, the summary printed, the gate's exit codes."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from hubert_export import cli
+
+from .test_build import _perturbed_copy
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["build", "check", "transcribe", "bench"])
+def test_help_documents_every_option(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    parser = cli.build_parser() if command == "build" else cli.check_parser() if command == "check" else None
+    if parser is None:
+        import importlib
+
+        module_name, parser_fn, _ = cli.EXTRA_COMMANDS[command]
+        parser = getattr(importlib.import_module(module_name), parser_fn)()
+    for action in parser._actions:
+        assert action.help, f"{command}: {action.option_strings or action.dest} has no help text"
+        for option in action.option_strings:
+            assert option in text
+
+
+def test_build_prints_a_summary_and_check_gates(ctc_checkpoint, tmp_path, capsys):
+    out = tmp_path / "artifact"
+    code, stdout, stderr = _run(capsys, "--target", "onnx", "--model", ctc_checkpoint, "--output", out)
+    assert code == 0
+    assert f"artifact   {out}" in stdout and "parity     PASS" in stdout and "latency" in stdout
+    assert "exporting ctc to ONNX" in stderr and "parity case" in stderr  # progress on stderr
+
+    junit = tmp_path / "gate.xml"
+    code, stdout, _ = _run(capsys, "check", out, "--junit", junit, "--quiet")
+    assert code == 0 and stdout.startswith("parity PASS") and junit.is_file()
+
+    drifted = _perturbed_copy(out, tmp_path / "drifted")
+    code, stdout, _ = _run(capsys, "check", drifted, "--quiet")
+    assert code == 1 and stdout.startswith("parity FAIL") and "max_abs_error" in stdout
+
+
+def test_check_with_moved_checkpoint_needs_reference(ctc_checkpoint, tmp_path, capsys):
+    moved = tmp_path / "moved-checkpoint"
+    shutil.copytree(ctc_checkpoint, moved)
+    out = tmp_path / "artifact"
+    assert _run(capsys, "--target", "onnx", "--model", moved, "--output", out, "--quiet")[0] == 0
+    shutil.move(moved, tmp_path / "elsewhere")
+    code, _, stderr = _run(capsys, "check", out, "--quiet")
+    assert code == 2 and "pass --reference" in stderr and stderr.count("\n") == 1
+    assert _run(capsys, "check", out, "--reference", tmp_path / "elsewhere", "--quiet")[0] == 0
+
+
+def test_tight_recipe_threshold_exits_1(ctc_checkpoint, tmp_path, capsys):
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text("target: onnx\nthresholds:\n  max_abs_error: 1.0e-12\n")
+    code, stdout, _ = _run(capsys, "--recipe", recipe, "--model", ctc_checkpoint, "--output", tmp_path / "a",
+                           "--quiet")
+    assert code == 1 and "parity     FAIL" in stdout
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["recipe"]["thresholds"]["max_abs_error"] == 1e-12 and manifest["parity"]["passed"] is False
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "hubert_export.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--target" in result.stdout
+    assert shutil.which("hubert-export") is not None
