@@ -62,11 +62,12 @@ SAMPLE_RATE = 16_000
 MIN_SAMPLES = 400
 
 # TensorRT layers pinned to FP32 unless a recipe says otherwise, matched with `re.search` against
-# layer names (which follow the ONNX node names, e.g. "/hubert/encoder/layers.3/layer_norm/...").
-# FP16 overflows in the first feature-encoder GroupNorm (raw waveform statistics), loses too much
-# in the layer norms' variance, and saturates softmax on long inputs.
+# layer names (the ONNX node names, "/model/hubert/encoder/layers.3/layer_norm/LayerNormalization").
+# The whole first feature-encoder block: un-normalised waveforms (DC offset, near-silence) lose
+# their signal in half ahead of the GroupNorm (measured; see hubert_export/precision.py, which
+# must list the same patterns); layer norms and softmax on TensorRT's own FP16 guidance.
 DEFAULT_FP32_LAYERS: tuple[str, ...] = (
-    r"feature_extractor/conv_layers\.0/layer_norm",
+    r"feature_extractor/conv_layers\.0/",
     r"layer_norm|LayerNorm",
     r"[Ss]oftmax",
 )
@@ -177,7 +178,7 @@ class OpenVinoOptions:
 class TensorRtOptions:
     workspace_gb: float = 4.0
     builder_optimization_level: int = 3
-    timing_cache: Path | None = None  # None: <output>/timing.cache, reused between builds
+    timing_cache: Path | None = None  # None: ~/.cache/hubert-export/tensorrt/, per TRT version and GPU
     fp32_layers: tuple[str, ...] = DEFAULT_FP32_LAYERS
 
 
