@@ -206,6 +206,13 @@ def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool, max_sam
     return cases
 
 
+def shape_case(fe: FeatureExtractorConfig, with_attention_mask: bool, batch: int, samples: int) -> ParityCase:
+    """A deterministic batch of exactly batch x samples, for artifacts compiled for one shape."""
+    rng = np.random.default_rng(samples)
+    return _batch(f"b{batch}-static-{samples}", [_speech_like(rng, samples) for _ in range(batch)], fe,
+                  with_attention_mask)
+
+
 def data_cases(directory: Path, fe: FeatureExtractorConfig, with_attention_mask: bool,
                max_samples: int | None = None, limit: int | None = None) -> list[ParityCase]:
     """One batch-1 case per audio file of a directory (the user's `--data`)."""
