@@ -32,7 +32,7 @@ from hubert_export.tasks import INPUT_AXES, get_task, infer_task, output_axes
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL_DIR = DATA_DIR / "tiny-ctc"
 BUILTIN_CALIBRATION_DIR = DATA_DIR / "calibration"
-EXPORT_NAME = "export.onnx"
+EXPORT_NAME = "export.onnx"  # after the common passes: what back ends start from
 # Graph passes every target gets; back ends add their own.
 COMMON_PASSES = ["fold_constants", "remove_dead_nodes", "fuse_qkv_projections"]
 
@@ -120,21 +120,19 @@ def export_artifact(
     axes = output_axes(task, recipe.export.output_hidden_states)
 
     with artifacts.building(output, overwrite=overwrite) as tmp:
-        from hubert_export.export import export_onnx, save_onnx
+        from hubert_export.export import export_onnx
         from hubert_export.passes import run_passes
 
         work = tmp / ".work"
         work.mkdir()
-        onnx_path = work / EXPORT_NAME
         log(f"exporting {task.name} to ONNX")
-        exported = export_onnx(model, task, onnx_path, opset=recipe.export.opset, with_attention_mask=with_mask,
+        exported = export_onnx(model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
                                output_hidden_states=recipe.export.output_hidden_states,
                                exporter=recipe.export.exporter, log=log)
-        save_onnx(run_passes(exported, COMMON_PASSES, log=log), onnx_path)
-        del exported
+        exported = run_passes(exported, COMMON_PASSES, log=log)
 
-        ctx = BuildContext(onnx_path, tmp, recipe, config, fe, task, input_names, list(axes), log,
-                           _calibration_loader(recipe, fe, input_names, log))
+        ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, list(axes), log,
+                           _calibration_loader(recipe, fe, input_names, log), exported=exported)
         log(f"building the {recipe.target} {recipe.precision} artifact")
         backend_section = backend.build(ctx)
         _remove_tree(work)

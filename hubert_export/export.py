@@ -12,7 +12,9 @@ The weight-normed positional convolution is folded into a plain convolution for 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,7 +49,7 @@ def folded_weight_norm(model: HubertPreTrainedModel) -> Iterator[None]:
 def export_onnx(
     model: HubertPreTrainedModel,
     task: TaskSpec,
-    path: Path,
+    path: Path | None = None,
     *,
     opset: int = DEFAULT_OPSET,
     with_attention_mask: bool = False,
@@ -55,7 +57,11 @@ def export_onnx(
     exporter: str = DEFAULT_EXPORTER,
     log: Callable[[str], None] = lambda _: None,
 ) -> onnx.ModelProto:
-    """Export `model` for `task` to `path`; returns the loaded, checked ONNX model."""
+    """Export `model` for `task`; returns the checked ONNX model, also written to `path` if given.
+
+    Models under 2 GB stay in memory (no file is written without `path`): writing and re-reading
+    400 MB costs seconds on a slow disk.
+    """
     if opset < 18:
         raise HubertExportError(f"opset {opset} is too old: the exporter needs opset 18 or newer (default {DEFAULT_OPSET})")
     if exporter not in EXPORTERS:
@@ -80,30 +86,45 @@ def export_onnx(
     num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = num_bytes > EXTERNAL_DATA_THRESHOLD
     log(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset} ({exporter})")
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The wrapper is a fresh nn.Module, in training mode unless told: the exporter restores that
     # mode on the whole model afterwards, which would switch dropout on in the eager reference.
     wrapper.eval()
-    with folded_weight_norm(model), torch.no_grad(), _quiet_exporter():
-        try:
-            if exporter == "torchscript":
-                _export_torchscript(wrapper, args, path, input_names, axes, opset, external)
-            else:
-                _export_dynamo(wrapper, args, path, input_names, axes, opset, external, dynamic_shapes)
-        except Exception as exc:  # the exporter raises many types; the user needs one line
-            raise HubertExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-    check_onnx(path)
-    return onnx.load(str(path))
+    in_memory = exporter == "torchscript" and not external
+    with contextlib.ExitStack() as stack:
+        target = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not in_memory:
+            target = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hubert-export-"))) / "model.onnx"
+        with folded_weight_norm(model), torch.no_grad(), _quiet_exporter():
+            try:
+                if in_memory:
+                    buffer = io.BytesIO()
+                    _export_torchscript(wrapper, args, buffer, input_names, axes, opset)
+                elif exporter == "torchscript":
+                    _export_torchscript(wrapper, args, target, input_names, axes, opset)
+                    # The tracing exporter writes tensors of models over 2 GB as loose files: gather them.
+                    save_onnx(onnx.load(str(target)), target)
+                else:
+                    _export_dynamo(wrapper, args, target, input_names, axes, opset, external, dynamic_shapes)
+            except Exception as exc:  # the exporter raises many types; the user needs one line
+                raise HubertExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        if in_memory:
+            data = buffer.getvalue()
+            check_onnx(data)
+            if path is not None:
+                path.write_bytes(data)
+            return onnx.load_from_string(data)
+        check_onnx(target)
+        return onnx.load(str(target))
 
 
-def _export_torchscript(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-                        axes: dict[str, dict[int, str]], opset: int, external: bool) -> None:
+def _export_torchscript(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], f: Path | io.BytesIO,
+                        input_names: list[str], axes: dict[str, dict[int, str]], opset: int) -> None:
     dynamic_axes = {name: INPUT_AXES[name] for name in input_names} | axes
-    torch.onnx.export(wrapper, args, str(path), input_names=input_names, output_names=list(axes),
-                      dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
-    if external:
-        # The tracing exporter writes tensors over 2 GB as loose files: gather them into one.
-        save_onnx(onnx.load(str(path)), path)
+    torch.onnx.export(wrapper, args, f if isinstance(f, io.BytesIO) else str(f), input_names=input_names,
+                      output_names=list(axes), dynamic_axes=dynamic_axes, opset_version=opset,
+                      do_constant_folding=True, dynamo=False)
 
 
 def _export_dynamo(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
@@ -122,12 +143,13 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> None:
               location=path.name + EXTERNAL_DATA_SUFFIX)
 
 
-def check_onnx(path: Path) -> None:
-    """onnx.checker's full check (shape inference included); raises with the checker's reason."""
+def check_onnx(model: Path | bytes) -> None:
+    """onnx.checker's full check (shape inference included) of a file or serialised model."""
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(model if isinstance(model, bytes) else str(model), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise HubertExportError(f"{path.name} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+        name = "the exported model" if isinstance(model, bytes) else model.name
+        raise HubertExportError(f"{name} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
 
 
 def _name_axes(model: "onnx_ir.Model", input_names: list[str], axes: dict[str, dict[int, str]]) -> None:

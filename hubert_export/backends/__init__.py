@@ -3,7 +3,7 @@
 Every back-end module exposes the same two functions:
 
     build(ctx: BuildContext) -> dict
-        Turn the exported ONNX model (`ctx.onnx_path`) into this back end's artifact files inside
+        Turn the exported ONNX model (`ctx.onnx_model()` in memory, or the file `ctx.onnx_path`) into this back end's artifact files inside
         `ctx.out_dir` (a temporary directory renamed into place only after everything succeeded).
         Returns the back end's section of the manifest: `files` (the model files it wrote), the
         options it used, and anything a later `load` needs.
@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import onnx
 
 from hubert_export.audio import FeatureExtractorConfig
 from hubert_export.errors import HubertExportError
@@ -42,7 +43,7 @@ BACKENDS: dict[str, str] = {
 class BuildContext:
     """What a back end's build needs to know about the export it starts from."""
 
-    onnx_path: Path
+    export_path: Path
     out_dir: Path
     recipe: Recipe
     config: HubertConfig
@@ -53,6 +54,24 @@ class BuildContext:
     log: Callable[[str], None]
     # Calibration inputs for INT8 (batch-1 input dicts), read lazily: FP32 builds never touch audio.
     calibration_inputs: Callable[[], list[dict[str, np.ndarray]]]
+    # The exported graph after the common passes, kept in memory: writing 400 MB and reading it
+    # back costs seconds that a back end working on the graph itself does not need to pay.
+    exported: onnx.ModelProto | None = None
+
+    @property
+    def onnx_path(self) -> Path:
+        """The exported graph as a file (written on first use), for tools that read files."""
+        if not self.export_path.exists():
+            from hubert_export.export import save_onnx
+
+            save_onnx(self.onnx_model(), self.export_path)
+        return self.export_path
+
+    def onnx_model(self) -> onnx.ModelProto:
+        """The exported graph; treat it as read-only (graph passes copy before they change anything)."""
+        if self.exported is None:
+            self.exported = onnx.load(str(self.export_path))
+        return self.exported
 
 
 def get_backend(target: str) -> ModuleType:

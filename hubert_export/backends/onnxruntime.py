@@ -38,7 +38,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     target = ctx.out_dir / MODEL_NAME
     section: dict[str, Any] = {"files": [MODEL_NAME], "onnxruntime": ort.__version__}
     if precision == "fp32":
-        model = run_passes(onnx.load(str(ctx.onnx_path)), ORT_PASSES, log=ctx.log)
+        model = run_passes(ctx.onnx_model(), ORT_PASSES, log=ctx.log)
         save_onnx(model, target)
         section["passes"] = ORT_PASSES
     elif precision == "int8":
@@ -57,7 +57,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
             )
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(onnx.load(str(ctx.onnx_path)), keep_io_types=True)
+        model = convert_float_to_float16(ctx.onnx_model(), keep_io_types=True)
         onnx.save(model, str(target))
         section["providers"] = ["CUDAExecutionProvider"]
     return section

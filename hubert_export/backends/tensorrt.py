@@ -312,8 +312,8 @@ def build(ctx: BuildContext) -> dict[str, Any]:
 
     recipe = ctx.recipe
     env = current_environment()
-    prepared = prepare_for_tensorrt(onnx.load(str(ctx.onnx_path)))
-    prepared_path = ctx.onnx_path.parent / PREPARED_NAME
+    prepared = prepare_for_tensorrt(ctx.onnx_model())
+    prepared_path = ctx.export_path.parent / PREPARED_NAME
     save_onnx(prepared, prepared_path)
     profiles = optimization_profiles(recipe.shapes, ctx.input_names)
 
