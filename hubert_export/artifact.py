@@ -25,7 +25,8 @@ manifest.json keys:
     files             {relative name: {sha256, bytes}} of every file except manifest.json,
                        written by write_manifest() and checked by Artifact.verify_files()
     backend           the back end's own section, as returned by its build(); its `files` (a list
-                      of relative names) names the model files
+                      of relative names) names the model files; `graph_passes` lists the passes
+                      run on the export before the build (the back end's graph_passes(recipe))
     parity            results of the last `check` (Artifact.update_manifest("parity", ...))
 """
 

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,7 @@ from hubert_export.tasks import INPUT_AXES, get_task, infer_task, output_axes
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL_DIR = DATA_DIR / "tiny-ctc"
 BUILTIN_CALIBRATION_DIR = DATA_DIR / "calibration"
-EXPORT_NAME = "export.onnx"  # after the common passes: what back ends start from
-# Graph passes every target gets; back ends add their own.
-COMMON_PASSES = ["fold_constants", "remove_dead_nodes", "fuse_qkv_projections"]
+EXPORT_NAME = "export.onnx"  # after the back end's graph passes: what its build starts from
 
 
 class Progress:
@@ -119,26 +118,32 @@ def export_artifact(
     input_names = ["input_values"] + (["attention_mask"] if with_mask else [])
     axes = output_axes(task, recipe.export.output_hidden_states)
 
-    with artifacts.building(output, overwrite=overwrite) as tmp:
-        from hubert_export.export import export_onnx
+    # Hashing reads the whole checkpoint; hashlib and file reads release the GIL, so it runs on the
+    # second core while the (mostly single-threaded) export runs on the first.
+    with ThreadPoolExecutor(max_workers=1) as pool, artifacts.building(output, overwrite=overwrite) as tmp:
+        checkpoint_sha256 = pool.submit(artifacts.hash_checkpoint, model_dir)
+        from hubert_export.export import export_onnx_serialized
         from hubert_export.passes import run_passes
 
         work = tmp / ".work"
         work.mkdir()
         log(f"exporting {task.name} to ONNX")
-        exported = export_onnx(model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
-                               output_hidden_states=recipe.export.output_hidden_states,
-                               exporter=recipe.export.exporter, log=log)
-        exported = run_passes(exported, COMMON_PASSES, log=log)
+        exported, serialized = export_onnx_serialized(
+            model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
+            output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter, log=log)
+        pass_names = backend.graph_passes(recipe)
+        if pass_names:
+            exported, serialized = run_passes(exported, pass_names, log=log), None
 
         ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, list(axes), log,
-                           _calibration_loader(recipe, fe, input_names, log), exported=exported)
+                           _calibration_loader(recipe, fe, input_names, log), exported=exported,
+                           serialized=serialized)
         log(f"building the {recipe.target} {recipe.precision} artifact")
-        backend_section = backend.build(ctx)
+        backend_section = {**backend.build(ctx), "graph_passes": pass_names}
         _remove_tree(work)
         artifacts.copy_checkpoint_metadata(model_dir, tmp)
         manifest = artifacts.new_manifest(
-            source={"checkpoint": str(model_dir.resolve()), "checkpoint_sha256": artifacts.hash_checkpoint(model_dir),
+            source={"checkpoint": str(model_dir.resolve()), "checkpoint_sha256": checkpoint_sha256.result(),
                     "architecture": task.model_class.__name__},
             task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
             io=_io_section(input_names, axes, config, task.name),

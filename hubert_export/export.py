@@ -62,6 +62,24 @@ def export_onnx(
     Models under 2 GB stay in memory (no file is written without `path`): writing and re-reading
     400 MB costs seconds on a slow disk.
     """
+    return export_onnx_serialized(model, task, path, opset=opset, with_attention_mask=with_attention_mask,
+                                  output_hidden_states=output_hidden_states, exporter=exporter, log=log)[0]
+
+
+def export_onnx_serialized(
+    model: HubertPreTrainedModel,
+    task: TaskSpec,
+    path: Path | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    with_attention_mask: bool = False,
+    output_hidden_states: bool = False,
+    exporter: str = DEFAULT_EXPORTER,
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[onnx.ModelProto, bytes | None]:
+    """`export_onnx`, also returning the exporter's own serialisation of the model (None for the
+    dynamo exporter and for models over 2 GB): a build that ships the graph unchanged writes those
+    bytes instead of serialising 400 MB again."""
     if opset < 18:
         raise HubertExportError(f"opset {opset} is too old: the exporter needs opset 18 or newer (default {DEFAULT_OPSET})")
     if exporter not in EXPORTERS:
@@ -114,9 +132,9 @@ def export_onnx(
             check_onnx(data)
             if path is not None:
                 path.write_bytes(data)
-            return onnx.load_from_string(data)
+            return onnx.load_from_string(data), data
         check_onnx(target)
-        return onnx.load(str(target))
+        return onnx.load(str(target)), None
 
 
 def _export_torchscript(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], f: Path | io.BytesIO,

@@ -646,8 +646,8 @@ PASSES: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
 }
 # Portable: standard ONNX in, standard ONNX out; fit for every back end.
 PORTABLE_PASSES: list[str] = ["fold_constants", "remove_dead_nodes", "fuse_qkv_projections"]
-# The ONNX Runtime artifact's pipeline: the result uses com.microsoft ops.
-DEFAULT_PASSES: list[str] = [*PORTABLE_PASSES, "fuse_gelu", "optimize_for_onnxruntime"]
+# The ONNX Runtime FP32 pipeline with `onnxruntime.offline_fusions`: the result uses com.microsoft ops.
+ONNXRUNTIME_OFFLINE_PASSES: list[str] = [*PORTABLE_PASSES, "fuse_gelu", "optimize_for_onnxruntime"]
 
 
 def run_passes(model: onnx.ModelProto, names: Sequence[str],

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from hubert_export import HubertExportError
+from hubert_export import HubertExportError, passes
 from hubert_export.artifact import Artifact, write_manifest
 from hubert_export.build import check_artifact, export_artifact
 from hubert_export.errors import EXIT_BAD_INPUT
@@ -41,10 +41,24 @@ def test_manifest_records_what_built_the_artifact(onnx_artifact, ctc_checkpoint)
 
 def test_artifact_is_plain_onnx_with_the_expected_graph(onnx_artifact):
     model = onnx.load(str(onnx_artifact / "model.onnx"))
-    onnx.checker.check_model(model)  # contrib ops are allowed in com.microsoft by the checker
+    onnx.checker.check_model(model, full_check=True)
     assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", "samples"]
-    # ONNX Runtime's fusions were applied at build time
+    # FP32 ships the exporter's portable graph: standard ops only, ONNX Runtime fuses at load
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert "LayerNormalization" in {n.op_type for n in model.graph.node}
+    assert not passes.fusion_counts(model)
+    assert json.loads((onnx_artifact / "manifest.json").read_text())["backend"]["graph_passes"] == []
+
+
+def test_offline_fusions_bake_onnx_runtime_fusions_into_the_artifact(ctc_checkpoint, tmp_path):
+    recipe = default_recipe("onnx").with_overrides(**{"onnxruntime.offline_fusions": True})
+    result = export_artifact(ctc_checkpoint, tmp_path / "fused", recipe, **QUIET)
+    assert result.passed, result.report.failures
+    model = onnx.load(str(tmp_path / "fused" / "model.onnx"))
     assert {"SkipLayerNormalization", "BiasGelu"} & {n.op_type for n in model.graph.node}
+    assert passes.fusion_counts(model)["fuse_qkv_projections"] >= 1
+    assert json.loads((tmp_path / "fused" / "manifest.json").read_text())["backend"]["graph_passes"] == \
+        passes.ONNXRUNTIME_OFFLINE_PASSES
 
 
 def test_parity_reports_written(onnx_artifact):

@@ -77,7 +77,7 @@ def test_fusions_really_fire(exported):
 
 
 def test_optimize_for_onnxruntime_fuses_bias_gelu_and_matmul_scaling(exported):
-    optimized = passes.run_passes(exported, passes.DEFAULT_PASSES, log=lambda _: None)
+    optimized = passes.run_passes(exported, passes.ONNXRUNTIME_OFFLINE_PASSES, log=lambda _: None)
     ops = Counter(n.op_type for n in optimized.graph.node)
     assert ops["BiasGelu"] == 2 and ops["FusedMatMul"] == 2  # one each per layer: FFN, attention scores
     assert len(optimized.graph.node) < len(exported.graph.node)

@@ -1,6 +1,10 @@
 """Back ends: one file each, one registry line each.
 
-Every back-end module exposes the same two functions:
+Every back-end module exposes the same three functions:
+
+    graph_passes(recipe: Recipe) -> list[str]
+        The graph passes (`hubert_export.passes`) to run on the export before `build`: only those
+        measured to help this back end, since each costs build time on a 400 MB graph.
 
     build(ctx: BuildContext) -> dict
         Turn the exported ONNX model (`ctx.onnx_model()` in memory, or the file `ctx.onnx_path`) into this back end's artifact files inside
@@ -54,18 +58,31 @@ class BuildContext:
     log: Callable[[str], None]
     # Calibration inputs for INT8 (batch-1 input dicts), read lazily: FP32 builds never touch audio.
     calibration_inputs: Callable[[], list[dict[str, np.ndarray]]]
-    # The exported graph after the common passes, kept in memory: writing 400 MB and reading it
+    # The exported graph after the back end's passes, kept in memory: writing 400 MB and reading it
     # back costs seconds that a back end working on the graph itself does not need to pay.
     exported: onnx.ModelProto | None = None
+    # Its serialisation when already at hand (no pass changed the exporter's output).
+    serialized: bytes | None = None
 
     @property
     def onnx_path(self) -> Path:
         """The exported graph as a file (written on first use), for tools that read files."""
         if not self.export_path.exists():
+            self.write_export(self.export_path)
+        return self.export_path
+
+    def write_export(self, target: Path) -> None:
+        """Write the exported graph, as it is, to `target` (a back end that ships it unchanged)."""
+        if self.serialized is not None:
+            target.write_bytes(self.serialized)
+        elif self.export_path.exists():
+            import shutil
+
+            shutil.copyfile(self.export_path, target)
+        else:
             from hubert_export.export import save_onnx
 
-            save_onnx(self.onnx_model(), self.export_path)
-        return self.export_path
+            save_onnx(self.onnx_model(), target)
 
     def onnx_model(self) -> onnx.ModelProto:
         """The exported graph; treat it as read-only (graph passes copy before they change anything)."""

@@ -33,7 +33,8 @@ import openvino as ov
 from hubert_export.artifact import Artifact
 from hubert_export.backends import BuildContext
 from hubert_export.errors import HubertExportError
-from hubert_export.recipes import OpenVinoOptions, Shape
+from hubert_export.passes import PORTABLE_PASSES
+from hubert_export.recipes import OpenVinoOptions, Recipe, Shape
 from hubert_export.runner import Runner, check_inputs
 
 MODEL_XML = "model.xml"
@@ -41,6 +42,11 @@ MODEL_BIN = "model.bin"
 _WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
 # Ops between a FakeQuantize and the layer it feeds (layout changes, dequantisation converts).
 _TRANSPARENT_OPS = {"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Convert"}
+
+
+def graph_passes(recipe: Recipe) -> list[str]:
+    # The configuration whose latency and INT8 accuracy the benchmarks and tests measured.
+    return list(PORTABLE_PASSES)
 
 
 def build(ctx: BuildContext) -> dict[str, Any]:

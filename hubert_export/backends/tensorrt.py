@@ -41,6 +41,7 @@ from hubert_export.artifact import Artifact
 from hubert_export.backends import BuildContext
 from hubert_export.errors import HubertExportError
 from hubert_export.export import save_onnx
+from hubert_export.passes import PORTABLE_PASSES
 from hubert_export.precision import compile_patterns, matches, module_scope
 from hubert_export.recipes import MIN_SAMPLES, Recipe, Shape, ShapeRange, Shapes
 from hubert_export.runner import Runner, check_inputs
@@ -307,6 +308,11 @@ def check_engine_compatible(recorded: dict[str, Any], current: dict[str, str]) -
 
 
 # ------------------------------------------------------------------------------ build
+def graph_passes(recipe: Recipe) -> list[str]:
+    # Folded shape arithmetic: less for the ONNX parser to get wrong (Polygraphy's advice).
+    return list(PORTABLE_PASSES)
+
+
 def build(ctx: BuildContext) -> dict[str, Any]:
     import tensorrt as trt
 

@@ -66,6 +66,10 @@ class HubertPreTrainedModel(nn.Module):
         self.apply(self._init_module)
 
     def _init_module(self, module: nn.Module) -> None:
+        # On the meta device (from_pretrained) there is nothing to initialise, and meta init ops
+        # import torch._dynamo: over a second of start-up for nothing.
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            return
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=std)

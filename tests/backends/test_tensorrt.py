@@ -13,11 +13,10 @@ import pytest
 from onnx import helper
 
 from hubert_export.backends import tensorrt as trt_backend
-from hubert_export.build import COMMON_PASSES
 from hubert_export.errors import HubertExportError
 from hubert_export.export import export_onnx
 from hubert_export.model import HubertForCTC, HubertModel
-from hubert_export.passes import fuse_gelu, run_passes
+from hubert_export.passes import PORTABLE_PASSES, fuse_gelu, run_passes
 from hubert_export.precision import DEFAULT_POLICY
 from hubert_export.recipes import Shape, ShapeRange, Shapes, default_recipe, recipe_from_dict
 from hubert_export.tasks import get_task
@@ -32,7 +31,7 @@ def exports(ctc_checkpoint, large_checkpoint, tmp_path_factory):
     ctc = export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), get_task("ctc"), out / "ctc.onnx")
     large = export_onnx(HubertModel.from_pretrained(large_checkpoint), get_task("feature-extraction"),
                         out / "large.onnx", with_attention_mask=True, exporter="dynamo")
-    return {"torchscript-base": run_passes(ctc, COMMON_PASSES), "dynamo-large": run_passes(large, COMMON_PASSES)}
+    return {"torchscript-base": run_passes(ctc, PORTABLE_PASSES), "dynamo-large": run_passes(large, PORTABLE_PASSES)}
 
 
 def _run(model: onnx.ModelProto, inputs):
