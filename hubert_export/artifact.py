@@ -48,7 +48,7 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from hubert_export.errors import HubertExportError
 
@@ -418,9 +418,14 @@ def building(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
 # The manifest
 
 
-def file_table(directory: str | Path) -> dict[str, dict[str, Any]]:
-    """{relative posix name: {sha256, bytes}} of every file under `directory` but the manifest."""
+def file_table(directory: str | Path, known_sha256: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """{relative posix name: {sha256, bytes}} of every file under `directory` but the manifest.
+
+    known_sha256: digests the writer computed from the bytes it wrote (no second read of a model
+    file); any other file is hashed from disk.
+    """
     directory = Path(directory)
+    known_sha256 = known_sha256 or {}
     table = {}
     for path in sorted(directory.rglob("*")):
         if not path.is_file():
@@ -428,7 +433,7 @@ def file_table(directory: str | Path) -> dict[str, dict[str, Any]]:
         rel = path.relative_to(directory).as_posix()
         if rel == MANIFEST_NAME or rel.startswith(f".{MANIFEST_NAME}."):
             continue
-        table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        table[rel] = {"sha256": known_sha256.get(rel) or sha256_file(path), "bytes": path.stat().st_size}
     return table
 
 
@@ -461,7 +466,8 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(directory: str | Path, manifest: dict[str, Any],
+                   known_sha256: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Write `manifest` (plus the `files` table of everything in `directory`) as manifest.json.
 
     Call it last, after every other file is written. Returns the manifest as written.
@@ -469,7 +475,7 @@ def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> dict[str,
     directory = Path(directory)
     written = dict(manifest)
     written.setdefault("manifest_version", MANIFEST_VERSION)
-    written["files"] = file_table(directory)
+    written["files"] = file_table(directory, known_sha256)
     _write_json_atomic(directory / MANIFEST_NAME, written)
     return written
 

@@ -51,7 +51,10 @@ removed bumps it):
                       speedup: float|null, vs_baseline: {max_abs_error, argmax_agreement}|null,
                       skipped: str|null}]   (a skipped measurement has null timings)
     notes           [str]
-    exports         (benchmarks/run.py only) {name: {seconds, ...}}
+    exports         (benchmarks/run.py only) {name: {seconds, ...}}: each artifact's first build
+    export_timing   (benchmarks/run.py only) {ours-onnx-fp32 | optimum-validated | optimum-no-validation:
+                      {runs: [{seconds, import_seconds, subprocess_wall_seconds, ...}], median: {...}}}
+    comparisons     (benchmarks/run.py only) {name: ratio} of ours against Optimum
 """
 
 from __future__ import annotations

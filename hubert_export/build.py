@@ -97,12 +97,14 @@ def export_artifact(
     overwrite: bool = False,
     data_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    latency_repeats: int = 3,
 ) -> BuildResult:
     """Export `model_dir` (default: the small model shipped in the package) as `recipe` says.
 
     The artifact is built beside `output` and moved into place complete, with its manifest and
     parity reports; a parity failure still leaves the (complete) artifact for inspection and is
-    reported by `BuildResult.passed`.
+    reported by `BuildResult.passed`. The latency is the median of `latency_repeats` runs at the
+    recipe's opt shape (0: not measured).
     """
     log = progress or Progress()
     model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
@@ -122,7 +124,9 @@ def export_artifact(
     # second core while the (mostly single-threaded) export runs on the first.
     with ThreadPoolExecutor(max_workers=1) as pool, artifacts.building(output, overwrite=overwrite) as tmp:
         checkpoint_sha256 = pool.submit(artifacts.hash_checkpoint, model_dir)
-        from hubert_export.export import export_onnx_serialized
+        import onnx
+
+        from hubert_export.export import check_onnx, export_onnx_serialized
         from hubert_export.passes import run_passes
 
         work = tmp / ".work"
@@ -130,16 +134,26 @@ def export_artifact(
         log(f"exporting {task.name} to ONNX")
         exported, serialized = export_onnx_serialized(
             model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
-            output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter, log=log)
-        pass_names = backend.graph_passes(recipe)
-        if pass_names:
-            exported, serialized = run_passes(exported, pass_names, log=log), None
-
-        ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, list(axes), log,
-                           _calibration_loader(recipe, fe, input_names, log), exported=exported,
-                           serialized=serialized)
-        log(f"building the {recipe.target} {recipe.precision} artifact")
-        backend_section = {**backend.build(ctx), "graph_passes": pass_names}
+            output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter, log=log,
+            check=False, parse=False)
+        # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
+        # the artifact is not finished until it has passed.
+        checked = pool.submit(check_onnx, serialized) if serialized is not None else None
+        try:
+            pass_names = backend.graph_passes(recipe)
+            if pass_names:
+                if exported is None:
+                    exported = onnx.load_from_string(serialized)
+                exported, serialized = run_passes(exported, pass_names, log=log), None
+            ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, list(axes), log,
+                               _calibration_loader(recipe, fe, input_names, log), exported=exported,
+                               serialized=serialized)
+            log(f"building the {recipe.target} {recipe.precision} artifact")
+            backend_section = {**backend.build(ctx), "graph_passes": pass_names}
+        finally:
+            # A model the checker rejects explains any later failure: its error is the one reported.
+            if checked is not None:
+                checked.result()
         _remove_tree(work)
         artifacts.copy_checkpoint_metadata(model_dir, tmp)
         manifest = artifacts.new_manifest(
@@ -150,10 +164,11 @@ def export_artifact(
             shape_range=recipe.shapes.range.to_dict(),
             backend=backend_section,
         )
-        artifacts.write_manifest(tmp, manifest)
+        artifacts.write_manifest(tmp, manifest, known_sha256=ctx.file_sha256)
         artifact = artifacts.Artifact.open(tmp)
         report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
-                                         data_dir=Path(data_dir) if data_dir else None, log=log)
+                                         data_dir=Path(data_dir) if data_dir else None, log=log,
+                                         latency_repeats=latency_repeats)
         report.write(tmp)
         artifact.update_manifest("parity", _parity_summary(report, latency, shape))
     final = Path(output)
@@ -169,6 +184,7 @@ def check_artifact(
     reference: str | Path | None = None,
     junit: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    latency_repeats: int = 3,
 ) -> ParityReport:
     """Re-run an artifact's parity gate against its source checkpoint (the CI accuracy gate)."""
     log = progress or Progress()
@@ -195,7 +211,8 @@ def check_artifact(
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
     report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
-                                     data_dir=Path(data_dir) if data_dir else None, log=log)
+                                     data_dir=Path(data_dir) if data_dir else None, log=log,
+                                     latency_repeats=latency_repeats)
     report.write(artifact.path)
     artifact.update_manifest("parity", _parity_summary(report, latency, shape))
     if junit:
@@ -204,7 +221,8 @@ def check_artifact(
 
 
 def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str, fe: FeatureExtractorConfig,
-            with_mask: bool, recipe: Recipe, *, data_dir: Path | None, log: Callable[[str], None]):
+            with_mask: bool, recipe: Recipe, *, data_dir: Path | None, log: Callable[[str], None],
+            latency_repeats: int):
     from hubert_export.tokenizer import CTCTokenizer
 
     shape_range = recipe.shapes.range
@@ -226,7 +244,10 @@ def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str
         report = run_parity(reference, candidate, cases, config=config, task=task, target=artifact.target,
                             precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer, progress=log)
         opt = shape_range.opt
-        latency = _median_latency(candidate, fe, with_mask, opt.batch, opt.samples)
+        latency = None
+        if latency_repeats > 0:
+            log(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
+            latency = _median_latency(candidate, fe, with_mask, opt.batch, opt.samples, latency_repeats)
     return report, latency, [opt.batch, opt.samples]
 
 
@@ -236,7 +257,9 @@ def _median_latency(runner, fe: FeatureExtractorConfig, with_mask: bool, batch: 
     inputs = {"input_values": rng.standard_normal((batch, samples)).astype(np.float32)}
     if with_mask:
         inputs["attention_mask"] = np.ones((batch, samples), dtype=np.int64)
-    runner.infer(inputs)  # warm-up
+    # The parity cases warmed the runner up, but its first calls at a new, longer shape are still
+    # slow (hubert-base on ONNX Runtime: 0.99 s, 0.93 s, then 0.78 s).
+    runner.infer(inputs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -31,6 +31,22 @@ def _shape(text: str) -> tuple[int, int]:
     return batch, samples
 
 
+def _repeats(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of runs (0 or more; 0 skips the measurement)")
+    return value
+
+
+def _latency(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--latency-repeats", type=_repeats, default=3, metavar="N",
+                        help="after the parity check, time N runs at the recipe's opt shape and report the median "
+                             "(default 3, after one warm-up run; 0 skips it: a faster gate)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -68,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, metavar="AUDIO_DIR",
                         help="also check parity on these recordings (transcripts.tsv beside them adds CER/WER)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
+    _latency(parser)
     _common(parser)
     return parser
 
@@ -83,6 +100,7 @@ def check_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", type=Path, metavar="CHECKPOINT_DIR",
                         help="the source checkpoint, when it is not where the manifest says (its hash must match)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
+    _latency(parser)
     _common(parser)
     return parser
 
@@ -115,7 +133,7 @@ def run_build(args: argparse.Namespace) -> int:
     model_dir = args.model or DEFAULT_MODEL_DIR
     output = args.output or Path("artifacts") / f"{Path(model_dir).resolve().name}-{recipe.target}-{recipe.precision}"
     result = export_artifact(model_dir, output, recipe, overwrite=args.overwrite, data_dir=args.data,
-                             progress=Progress(enabled=not args.quiet))
+                             progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats)
     worst = result.report.worst()
     print(f"artifact   {result.path}  ({result.size_bytes / 1e6:.1f} MB, {recipe.target} {recipe.precision})")
     print(f"parity     {'PASS' if result.passed else 'FAIL'}  ({len(result.report.cases)} cases; "
@@ -124,7 +142,8 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"  - {failure}")
     if result.latency_seconds is not None:
         b, s = result.latency_shape
-        print(f"latency    {result.latency_seconds * 1e3:.1f} ms for batch {b} x {s / 16000:.1f} s of audio (median of 3)")
+        print(f"latency    {result.latency_seconds * 1e3:.1f} ms for batch {b} x {s / 16000:.1f} s of audio "
+              f"(median of {args.latency_repeats})")
     return EXIT_OK if result.passed else EXIT_PARITY_FAILED
 
 
@@ -132,7 +151,7 @@ def run_check(args: argparse.Namespace) -> int:
     from hubert_export.build import Progress, check_artifact
 
     report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
-                            progress=Progress(enabled=not args.quiet))
+                            progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats)
     print(f"parity {'PASS' if report.passed else 'FAIL'}: {args.artifact} ({report.target} {report.precision}, "
           f"{len(report.cases)} cases)")
     for failure in report.failures:

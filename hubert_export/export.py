@@ -12,7 +12,6 @@ The weight-normed positional convolution is folded into a plain convolution for 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import tempfile
 import warnings
@@ -76,10 +75,17 @@ def export_onnx_serialized(
     output_hidden_states: bool = False,
     exporter: str = DEFAULT_EXPORTER,
     log: Callable[[str], None] = lambda _: None,
-) -> tuple[onnx.ModelProto, bytes | None]:
+    check: bool = True,
+    parse: bool = True,
+) -> tuple[onnx.ModelProto | None, bytes | None]:
     """`export_onnx`, also returning the exporter's own serialisation of the model (None for the
     dynamo exporter and for models over 2 GB): a build that ships the graph unchanged writes those
-    bytes instead of serialising 400 MB again."""
+    bytes instead of serialising 400 MB again.
+
+    For returned bytes, check=False leaves the onnx.checker run to the caller (`check_onnx`), who
+    can overlap it with other work, and parse=False returns no ModelProto (parsing 400 MB is wasted
+    on a build that only writes them). A model exported through a file is always checked and parsed.
+    """
     if opset < 18:
         raise HubertExportError(f"opset {opset} is too old: the exporter needs opset 18 or newer (default {DEFAULT_OPSET})")
     if exporter not in EXPORTERS:
@@ -117,7 +123,7 @@ def export_onnx_serialized(
         with folded_weight_norm(model), torch.no_grad(), _quiet_exporter():
             try:
                 if in_memory:
-                    buffer = io.BytesIO()
+                    buffer = _BytesCapture()
                     _export_torchscript(wrapper, args, buffer, input_names, axes, opset)
                 elif exporter == "torchscript":
                     _export_torchscript(wrapper, args, target, input_names, axes, opset)
@@ -128,19 +134,38 @@ def export_onnx_serialized(
             except Exception as exc:  # the exporter raises many types; the user needs one line
                 raise HubertExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         if in_memory:
-            data = buffer.getvalue()
-            check_onnx(data)
+            data = buffer.value()
+            if check:
+                check_onnx(data)
             if path is not None:
                 path.write_bytes(data)
-            return onnx.load_from_string(data), data
+            return (onnx.load_from_string(data) if parse else None), data
         check_onnx(target)
         return onnx.load(str(target)), None
 
 
-def _export_torchscript(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], f: Path | io.BytesIO,
+class _BytesCapture:
+    """A write-only file that keeps the bytes objects written to it: the exporter writes the
+    serialised model in one call, and io.BytesIO would copy those 400 MB twice (in, then out)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))  # no copy when it already is bytes
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def value(self) -> bytes:
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+
+def _export_torchscript(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], f: Path | _BytesCapture,
                         input_names: list[str], axes: dict[str, dict[int, str]], opset: int) -> None:
     dynamic_axes = {name: INPUT_AXES[name] for name in input_names} | axes
-    torch.onnx.export(wrapper, args, f if isinstance(f, io.BytesIO) else str(f), input_names=input_names,
+    torch.onnx.export(wrapper, args, f if isinstance(f, _BytesCapture) else str(f), input_names=input_names,
                       output_names=list(axes), dynamic_axes=dynamic_axes, opset_version=opset,
                       do_constant_folding=True, dynamo=False)
 

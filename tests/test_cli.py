@@ -52,6 +52,21 @@ def test_build_prints_a_summary_and_check_gates(ctc_checkpoint, tmp_path, capsys
     assert code == 1 and stdout.startswith("parity FAIL") and "max_abs_error" in stdout
 
 
+def test_latency_repeats_zero_skips_the_measurement_and_a_negative_count_is_refused(onnx_artifact, tmp_path,
+                                                                                     capsys):
+    copy = tmp_path / "artifact"
+    shutil.copytree(onnx_artifact, copy)
+    code, _, stderr = _run(capsys, "check", copy, "--latency-repeats", "0")
+    assert code == 0 and "latency:" not in stderr and "parity case" in stderr
+    assert json.loads((copy / "manifest.json").read_text())["parity"]["latency_seconds"] is None
+    code, _, stderr = _run(capsys, "check", copy, "--latency-repeats", "2")
+    assert code == 0 and "latency: 2 runs" in stderr
+    assert json.loads((copy / "manifest.json").read_text())["parity"]["latency_seconds"] > 0
+    with pytest.raises(SystemExit) as info:
+        cli.main(["check", str(copy), "--latency-repeats", "-1"])
+    assert info.value.code == 2 and "0 skips the measurement" in capsys.readouterr().err
+
+
 def test_check_with_moved_checkpoint_needs_reference(ctc_checkpoint, tmp_path, capsys):
     moved = tmp_path / "moved-checkpoint"
     shutil.copytree(ctc_checkpoint, moved)

@@ -20,9 +20,11 @@ The parity harness and the benchmarks never know which back end produced an outp
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -63,6 +65,9 @@ class BuildContext:
     exported: onnx.ModelProto | None = None
     # Its serialisation when already at hand (no pass changed the exporter's output).
     serialized: bytes | None = None
+    # sha256 of artifact files written from bytes in memory (name relative to out_dir), for the
+    # manifest: hashed while writing instead of read back afterwards.
+    file_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def onnx_path(self) -> Path:
@@ -74,7 +79,13 @@ class BuildContext:
     def write_export(self, target: Path) -> None:
         """Write the exported graph, as it is, to `target` (a back end that ships it unchanged)."""
         if self.serialized is not None:
-            target.write_bytes(self.serialized)
+            data = self.serialized
+            # hashlib and the write both release the GIL: the digest costs no wall time.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+                target.write_bytes(data)
+            if target.parent == self.out_dir:
+                self.file_sha256[target.name] = digest.result()
         elif self.export_path.exists():
             import shutil
 
@@ -87,7 +98,8 @@ class BuildContext:
     def onnx_model(self) -> onnx.ModelProto:
         """The exported graph; treat it as read-only (graph passes copy before they change anything)."""
         if self.exported is None:
-            self.exported = onnx.load(str(self.export_path))
+            self.exported = (onnx.load_from_string(self.serialized) if self.serialized is not None
+                             else onnx.load(str(self.export_path)))
         return self.exported
 
 
