@@ -176,23 +176,22 @@ def _clear(out: Path) -> None:
 
 def run_optimum_export(python: str, model: Path, out: Path, task: str, validate: bool = True) -> dict[str, Any]:
     """One main_export in a fresh interpreter; seconds exclude its imports. Raises on failure."""
-    _clear(out)
-    start = time.perf_counter()
-    proc = subprocess.run([python, "-c", OPTIMUM_EXPORT, str(model), str(out), OPTIMUM_TASKS[task],
-                           "validate" if validate else "no-validation"], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0 or not (out / "model.onnx").is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise RuntimeError(tail[-1] if tail else f"exit {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"subprocess_wall_seconds": wall}
+    return _timed_export([python, "-c", OPTIMUM_EXPORT, str(model), str(out), OPTIMUM_TASKS[task],
+                          "validate" if validate else "no-validation"], out / "model.onnx")
 
 
 def run_ours_export(model: Path, out: Path) -> dict[str, Any]:
-    _clear(out)
+    """Our FP32 build in a fresh interpreter; seconds exclude its imports. Raises on failure."""
+    return _timed_export([sys.executable, "-c", OURS_EXPORT, str(model), str(out)], out / "model.onnx")
+
+
+def _timed_export(argv: list[str], expected: Path) -> dict[str, Any]:
+    """Run an export script that prints its timings as JSON on its last line; adds the process wall time."""
+    _clear(expected.parent)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", OURS_EXPORT, str(model), str(out)], capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
+    if proc.returncode != 0 or not expected.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()
         raise RuntimeError(tail[-1] if tail else f"exit {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1]) | {"subprocess_wall_seconds": wall}

@@ -124,8 +124,6 @@ def export_artifact(
     # second core while the (mostly single-threaded) export runs on the first.
     with ThreadPoolExecutor(max_workers=1) as pool, artifacts.building(output, overwrite=overwrite) as tmp:
         checkpoint_sha256 = pool.submit(artifacts.hash_checkpoint, model_dir)
-        import onnx
-
         from hubert_export.export import check_onnx, export_onnx_serialized
         from hubert_export.passes import run_passes
 
@@ -140,14 +138,12 @@ def export_artifact(
         # the artifact is not finished until it has passed.
         checked = pool.submit(check_onnx, serialized) if serialized is not None else None
         try:
-            pass_names = backend.graph_passes(recipe)
-            if pass_names:
-                if exported is None:
-                    exported = onnx.load_from_string(serialized)
-                exported, serialized = run_passes(exported, pass_names, log=log), None
             ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, list(axes), log,
                                _calibration_loader(recipe, fe, input_names, log), exported=exported,
                                serialized=serialized)
+            pass_names = backend.graph_passes(recipe)
+            if pass_names:
+                ctx.exported, ctx.serialized = run_passes(ctx.onnx_model(), pass_names, log=log), None
             log(f"building the {recipe.target} {recipe.precision} artifact")
             backend_section = {**backend.build(ctx), "graph_passes": pass_names}
         finally:

@@ -78,22 +78,19 @@ class BuildContext:
 
     def write_export(self, target: Path) -> None:
         """Write the exported graph, as it is, to `target` (a back end that ships it unchanged)."""
-        if self.serialized is not None:
+        if self.serialized is None:
+            from hubert_export.export import save_onnx
+
+            save_onnx(self.onnx_model(), target)
+        elif target.parent == self.out_dir:  # an artifact file: the manifest will want its digest
             data = self.serialized
             # hashlib and the write both release the GIL: the digest costs no wall time.
             with ThreadPoolExecutor(max_workers=1) as pool:
                 digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
                 target.write_bytes(data)
-            if target.parent == self.out_dir:
-                self.file_sha256[target.name] = digest.result()
-        elif self.export_path.exists():
-            import shutil
-
-            shutil.copyfile(self.export_path, target)
+            self.file_sha256[target.name] = digest.result()
         else:
-            from hubert_export.export import save_onnx
-
-            save_onnx(self.onnx_model(), target)
+            target.write_bytes(self.serialized)
 
     def onnx_model(self) -> onnx.ModelProto:
         """The exported graph; treat it as read-only (graph passes copy before they change anything)."""
