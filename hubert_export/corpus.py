@@ -188,8 +188,8 @@ def _read_folder(root: Path) -> Corpus:
             where = ", ".join(str(f) for f, _ in indexes)
             raise HubertExportError(f"audio file {_unique(stem, path)} has no transcript in {where}: add a line "
                                     f"for {stem!r} or move the file out of {root}")
-    # Corpus order is audio path order, as before, whatever order the index files list them in.
-    utterances.sort(key=lambda u: str(u.path))
+    # Corpus order is id order, whatever order the index files list them in (files are stems: path order).
+    utterances.sort(key=lambda u: u.id)
     kinds = sorted({kind for _, kind in indexes})
     return Corpus(root, "+".join(kinds), utterances)
 
