@@ -8,6 +8,7 @@ imported: it is only the test-time reference.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, fields
@@ -48,23 +49,52 @@ def load_audio(
             "pass a valid WAV, FLAC or OGG recording"
         ) from exc
 
+    return _model_input(data, int(file_rate), sampling_rate, min_samples, f"audio file {path}")
+
+
+def decode_audio(
+    source: bytes | np.ndarray, sampling_rate: int = 16000, *, source_rate: int | None = None,
+    label: str = "audio", min_samples: int = MIN_SAMPLES,
+) -> np.ndarray:
+    """`load_audio` for audio held in memory: encoded file bytes, or samples at `source_rate`.
+
+    `label` names the recording in error messages (e.g. "audio of row 3 of DATASET_DIR").
+    """
+    if isinstance(source, (bytes, bytearray)):
+        try:
+            data, file_rate = sf.read(io.BytesIO(source), dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
+            raise HubertExportError(
+                f"cannot read {label} ({_first_line(exc)}): store WAV, FLAC or OGG audio") from exc
+    else:
+        if source_rate is None or source_rate <= 0:
+            raise HubertExportError(f"{label} has no sampling rate: store it beside the samples")
+        data = np.asarray(source, dtype=np.float32)
+        # (samples,) or (samples, channels); datasets stores channels first, so transpose that layout
+        data = data[:, None] if data.ndim == 1 else (data.T if data.shape[0] < data.shape[1] else data)
+        file_rate = source_rate
+    return _model_input(data, int(file_rate), sampling_rate, min_samples, label)
+
+
+def _model_input(data: np.ndarray, file_rate: int, sampling_rate: int, min_samples: int, label: str) -> np.ndarray:
+    """(samples, channels) float32 at `file_rate` -> checked mono float32 at `sampling_rate`."""
     if data.shape[0] == 0:
         raise HubertExportError(
-            f"audio file {path} is empty (0 samples): pass a recording of at least "
+            f"{label} is empty (0 samples): pass a recording of at least "
             f"{_min_duration_text(min_samples, sampling_rate)}"
         )
     if not np.isfinite(data).all():
         raise HubertExportError(
-            f"audio file {path} contains NaN or Inf samples: re-export the recording "
+            f"{label} contains NaN or Inf samples: re-export the recording "
             "as finite PCM or float audio"
         )
 
     waveform = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    waveform = _resample(waveform, int(file_rate), sampling_rate)
+    waveform = _resample(waveform, file_rate, sampling_rate)
 
     if waveform.shape[0] < min_samples:
         raise HubertExportError(
-            f"audio file {path} is too short ({waveform.shape[0]} samples at {sampling_rate} Hz): "
+            f"{label} is too short ({waveform.shape[0]} samples at {sampling_rate} Hz): "
             f"pass a recording of at least {_min_duration_text(min_samples, sampling_rate)}"
         )
     return np.ascontiguousarray(waveform, dtype=np.float32)
@@ -259,44 +289,7 @@ def chunk_spans(num_samples: int, chunk_samples: int, overlap_samples: int) -> l
 
 
 def read_transcripts(directory: str | Path) -> dict[str, str]:
-    """Reference transcripts by audio file stem, from `transcripts.tsv`/`.txt` or per-file `STEM.txt`."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise HubertExportError(
-            f"data directory {root} does not exist: point --data at a directory of recordings"
-        )
-    for name in ("transcripts.tsv", "transcripts.txt"):
-        index_file = root / name
-        if index_file.is_file():
-            return _read_transcript_index(index_file)
+    """Reference transcripts by id from a folder's transcript files (every format `corpus` reads)."""
+    from hubert_export.corpus import transcripts_in  # corpus reads audio through this module
 
-    transcripts = {}
-    audio_files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    for audio in audio_files:
-        text_file = audio.with_suffix(".txt")
-        if text_file.is_file():
-            transcripts[audio.stem] = " ".join(_read_text(text_file).split())
-    return transcripts
-
-
-def _read_transcript_index(index_file: Path) -> dict[str, str]:
-    transcripts = {}
-    for line_number, line in enumerate(_read_text(index_file).splitlines(), start=1):
-        if not line.strip():
-            continue
-        stem, tab, text = line.partition("\t")
-        if not tab or not stem.strip():
-            raise HubertExportError(
-                f"{index_file} line {line_number} is not 'file_stem<TAB>text': "
-                "separate the file stem and the transcript with one tab"
-            )
-        transcripts[stem.strip()] = " ".join(text.split())
-    return transcripts
-
-
-def _read_text(path: Path) -> str:
-    try:
-        # utf-8-sig drops the byte-order mark that Windows editors put at the start.
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise HubertExportError(f"transcript file {path} is not UTF-8 text: re-save it as UTF-8") from exc
+    return transcripts_in(directory)

@@ -621,7 +621,8 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="intra-op threads (default: each runtime's own default)")
     parser.add_argument("--output", type=Path, metavar="DIR", help="write bench.json, bench.md and plots here")
     parser.add_argument("--eager", type=Path, metavar="CHECKPOINT",
-                        help="also measure the eager PyTorch model of this checkpoint, and use it as the baseline")
+                        help="also measure the eager PyTorch model of this checkpoint (a directory or a cached "
+                             "model id), and use it as the baseline")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--ceiling-size", type=int, default=4096, metavar="N",
                         help="matrix size of the float32 matmul that measures the ceiling (default 4096)")
@@ -638,6 +639,9 @@ def run_bench(args: argparse.Namespace) -> int:
     subjects = [artifact_subject(path) for path in args.artifacts]
     baseline = None
     if args.eager is not None:
+        from hubert_export.hub import resolve_model  # an owner/name id: its snapshot in the hub cache
+
+        args.eager = resolve_model(args.eager)
         if not (args.eager / "config.json").is_file():
             raise HubertExportError(f"--eager {args.eager} is not a checkpoint directory (no config.json): "
                                     "pass a Hugging Face checkpoint directory")

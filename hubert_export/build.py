@@ -22,7 +22,9 @@ import numpy as np
 from hubert_export import artifact as artifacts
 from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_audio, prepare_batch
 from hubert_export.backends import BuildContext, get_backend
+from hubert_export.corpus import CorpusOptions
 from hubert_export.errors import HubertExportError
+from hubert_export.hub import resolve_model
 from hubert_export.model import HubertConfig
 from hubert_export.model.weights import load_checkpoint_state
 from hubert_export.parity import ParityReport, builtin_cases, data_cases, run_parity, shape_case, thresholds_for
@@ -98,18 +100,22 @@ def export_artifact(
     data_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     latency_repeats: int = 3,
+    corpus_options: CorpusOptions | None = None,
+    normalize: bool = True,
 ) -> BuildResult:
     """Export `model_dir` (default: the small model shipped in the package) as `recipe` says.
 
     The artifact is built beside `output` and moved into place complete, with its manifest and
     parity reports; a parity failure still leaves the (complete) artifact for inspection and is
     reported by `BuildResult.passed`. The latency is the median of `latency_repeats` runs at the
-    recipe's opt shape (0: not measured).
+    recipe's opt shape (0: not measured). `model_dir` may be a model id in the local Hugging Face
+    cache; `corpus_options` and `normalize` say how `data_dir` is read and its transcripts scored.
     """
     log = progress or Progress()
-    model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    model_dir = resolve_model(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     if not model_dir.is_dir():
-        raise HubertExportError(f"model directory {model_dir} does not exist: pass --model a checkpoint directory")
+        raise HubertExportError(f"model directory {model_dir} does not exist: pass --model a checkpoint directory "
+                                "or a model id (owner/name) in the local Hugging Face cache")
     backend = get_backend(recipe.target)  # an unusable target fails before any work
     if hasattr(backend, "check_available"):
         backend.check_available(recipe)
@@ -164,7 +170,8 @@ def export_artifact(
         artifact = artifacts.Artifact.open(tmp)
         report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
                                          data_dir=Path(data_dir) if data_dir else None, log=log,
-                                         latency_repeats=latency_repeats)
+                                         latency_repeats=latency_repeats, corpus_options=corpus_options,
+                                         normalize=normalize)
         report.write(tmp)
         artifact.update_manifest("parity", _parity_summary(report, latency, shape))
     final = Path(output)
@@ -181,6 +188,8 @@ def check_artifact(
     junit: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     latency_repeats: int = 3,
+    corpus_options: CorpusOptions | None = None,
+    normalize: bool = True,
 ) -> ParityReport:
     """Re-run an artifact's parity gate against its source checkpoint (the CI accuracy gate)."""
     log = progress or Progress()
@@ -189,7 +198,7 @@ def check_artifact(
     artifact.verify_files()
     manifest = artifact.manifest
     source = manifest.get("source", {})
-    model_dir = Path(reference) if reference else Path(source.get("checkpoint", ""))
+    model_dir = resolve_model(reference) if reference else Path(source.get("checkpoint", ""))
     if not model_dir.is_dir():
         raise HubertExportError(
             f"the source checkpoint {model_dir} recorded in the manifest is not there: pass --reference CHECKPOINT_DIR"
@@ -208,7 +217,8 @@ def check_artifact(
     with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
     report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
                                      data_dir=Path(data_dir) if data_dir else None, log=log,
-                                     latency_repeats=latency_repeats)
+                                     latency_repeats=latency_repeats, corpus_options=corpus_options,
+                                     normalize=normalize)
     report.write(artifact.path)
     artifact.update_manifest("parity", _parity_summary(report, latency, shape))
     if junit:
@@ -218,13 +228,13 @@ def check_artifact(
 
 def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str, fe: FeatureExtractorConfig,
             with_mask: bool, recipe: Recipe, *, data_dir: Path | None, log: Callable[[str], None],
-            latency_repeats: int):
+            latency_repeats: int, corpus_options: CorpusOptions | None = None, normalize: bool = True):
     from hubert_export.tokenizer import CTCTokenizer
 
     shape_range = recipe.shapes.range
     cases = builtin_cases(fe, with_mask, max_samples=shape_range.max.samples)
     if data_dir is not None:
-        cases += data_cases(data_dir, fe, with_mask, max_samples=shape_range.max.samples)
+        cases += data_cases(data_dir, fe, with_mask, max_samples=shape_range.max.samples, options=corpus_options)
     cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
     static = recipe.openvino.static_shape if recipe.target == "openvino" else None
     if static is not None:  # compiled for this one shape: checked and timed at it
@@ -238,7 +248,8 @@ def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str
     log(f"parity check: {len(cases)} cases against the eager model")
     with get_backend(artifact.target).load(artifact) as candidate:
         report = run_parity(reference, candidate, cases, config=config, task=task, target=artifact.target,
-                            precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer, progress=log)
+                            precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer, progress=log,
+                            normalize=normalize)
         opt = shape_range.opt
         latency = None
         if latency_repeats > 0:

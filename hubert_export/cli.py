@@ -47,6 +47,40 @@ def _latency(parser: argparse.ArgumentParser) -> None:
                              "(default 3, after one warm-up run; 0 skips it: a faster gate)")
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of utterances")
+    return value
+
+
+def _corpus(parser: argparse.ArgumentParser) -> None:
+    """The options of --data: which utterances of a corpus, which manifest columns, how it is scored."""
+    group = parser.add_argument_group("--data corpus")
+    group.add_argument("--limit", type=_count, metavar="N", help="check only the first N utterances of --data")
+    group.add_argument("--sample", type=_count, metavar="N",
+                       help="check N utterances of --data drawn at random with --seed (deterministic; before --limit)")
+    group.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --sample (default 0)")
+    group.add_argument("--audio-column", metavar="NAME",
+                       help="audio path column of a CSV/TSV/JSONL manifest or a datasets folder (default: path, "
+                            "audio_filepath, audio, ...)")
+    group.add_argument("--text-column", metavar="NAME",
+                       help="transcript column (default: sentence, text, transcript, ...)")
+    group.add_argument("--no-normalize", dest="normalize", action="store_false",
+                       help="score CER/WER against the reference transcripts as written, without folding case and "
+                            "removing characters the vocabulary lacks")
+
+
+def _corpus_options(args: argparse.Namespace):
+    from hubert_export.corpus import CorpusOptions
+
+    return CorpusOptions(audio_column=args.audio_column, text_column=args.text_column, limit=args.limit,
+                         sample=args.sample, seed=args.seed)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -61,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", choices=["onnx", "openvino", "tensorrt"],
                         help="back end to build for (required unless --recipe names one)")
     parser.add_argument("--model", type=Path,
-                        help="checkpoint directory (config.json + model.safetensors); default: the small CTC model "
-                             "shipped with hubert-export")
+                        help="checkpoint directory (config.json + model.safetensors), or a model id (owner/name) in "
+                             "the local Hugging Face cache; default: the small CTC model shipped with hubert-export")
     parser.add_argument("--output", type=Path,
                         help="artifact directory to write; default: artifacts/<model>-<target>-<precision>")
     parser.add_argument("--recipe", type=Path, help="a recipe file (see recipes/); flags override its values")
@@ -81,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="INT8: recordings to calibrate on (default: a built-in set)")
     parser.add_argument("--max-accuracy-drop", type=float, metavar="X",
                         help="OpenVINO INT8: accuracy-controlled quantisation keeping the metric drop under X")
-    parser.add_argument("--data", type=Path, metavar="AUDIO_DIR",
-                        help="also check parity on these recordings (transcripts.tsv beside them adds CER/WER)")
+    parser.add_argument("--data", type=Path, metavar="CORPUS",
+                        help="also check parity on these recordings: a folder (transcripts.tsv, LibriSpeech, Kaldi or "
+                             "STEM.txt transcripts add CER/WER), a CSV/TSV/JSONL manifest, or a datasets folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
+    _corpus(parser)
     _latency(parser)
     _common(parser)
     return parser
@@ -96,10 +132,13 @@ def check_parser() -> argparse.ArgumentParser:
                     "threshold holds, 1 when one fails, 2 on bad input: the CI accuracy gate.",
     )
     parser.add_argument("artifact", type=Path, help="artifact directory written by hubert-export")
-    parser.add_argument("--data", type=Path, metavar="AUDIO_DIR", help="also check on these recordings")
+    parser.add_argument("--data", type=Path, metavar="CORPUS",
+                        help="also check on these recordings (a folder, a CSV/TSV/JSONL manifest or a datasets folder)")
     parser.add_argument("--reference", type=Path, metavar="CHECKPOINT_DIR",
-                        help="the source checkpoint, when it is not where the manifest says (its hash must match)")
+                        help="the source checkpoint (a directory or a cached model id), when it is not where the "
+                             "manifest says (its hash must match)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
+    _corpus(parser)
     _latency(parser)
     _common(parser)
     return parser
@@ -133,7 +172,8 @@ def run_build(args: argparse.Namespace) -> int:
     model_dir = args.model or DEFAULT_MODEL_DIR
     output = args.output or Path("artifacts") / f"{Path(model_dir).resolve().name}-{recipe.target}-{recipe.precision}"
     result = export_artifact(model_dir, output, recipe, overwrite=args.overwrite, data_dir=args.data,
-                             progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats)
+                             progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats,
+                             corpus_options=_corpus_options(args), normalize=args.normalize)
     worst = result.report.worst()
     print(f"artifact   {result.path}  ({result.size_bytes / 1e6:.1f} MB, {recipe.target} {recipe.precision})")
     print(f"parity     {'PASS' if result.passed else 'FAIL'}  ({len(result.report.cases)} cases; "
@@ -151,7 +191,8 @@ def run_check(args: argparse.Namespace) -> int:
     from hubert_export.build import Progress, check_artifact
 
     report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
-                            progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats)
+                            progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats,
+                            corpus_options=_corpus_options(args), normalize=args.normalize)
     print(f"parity {'PASS' if report.passed else 'FAIL'}: {args.artifact} ({report.target} {report.precision}, "
           f"{len(report.cases)} cases)")
     for failure in report.failures:
@@ -159,7 +200,9 @@ def run_check(args: argparse.Namespace) -> int:
     if report.ground_truth:
         gt = report.ground_truth
         print(f"reference transcripts: artifact CER {gt['artifact_cer']:.3f} (eager {gt['eager_cer']:.3f}), "
-              f"WER {gt['artifact_wer']:.3f} (eager {gt['eager_wer']:.3f})")
+              f"WER {gt['artifact_wer']:.3f} (eager {gt['eager_wer']:.3f}); raw: CER {gt['raw_artifact_cer']:.3f}, "
+              f"WER {gt['raw_artifact_wer']:.3f}")
+        print(f"normalisation: {report.normalization or 'none (--no-normalize)'}")
     return EXIT_OK if report.passed else EXIT_PARITY_FAILED
 
 

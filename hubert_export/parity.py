@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_audio, prepare_batch, read_transcripts
-from hubert_export.metrics import character_error_rate, edit_distance, word_error_rate
+from hubert_export.audio import FeatureExtractorConfig, prepare_batch
+from hubert_export.corpus import CorpusOptions, read_corpus
+from hubert_export.metrics import character_error_rate, edit_distance, reference_report, text_normalizer, word_error_rate
 from hubert_export.model import HubertConfig
 from hubert_export.runner import Runner
 
@@ -95,6 +96,8 @@ class ParityReport:
     cases: list[CaseResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     ground_truth: dict[str, float] | None = None
+    normalization: str | None = None  # what was done to transcripts before ground_truth's CER/WER
+    worst_utterances: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -116,7 +119,8 @@ class ParityReport:
         return {
             "passed": self.passed, "target": self.target, "precision": self.precision, "task": self.task,
             "thresholds": self.thresholds, "worst": self.worst(), "failures": self.failures,
-            "ground_truth": self.ground_truth, "cases": [dataclasses.asdict(c) for c in self.cases],
+            "ground_truth": self.ground_truth, "normalization": self.normalization,
+            "worst_utterances": self.worst_utterances, "cases": [dataclasses.asdict(c) for c in self.cases],
         }
 
     def to_markdown(self) -> str:
@@ -138,6 +142,12 @@ class ParityReport:
         if self.ground_truth:
             lines += ["", "Against reference transcripts: " + ", ".join(
                 f"{k} {_fmt(v)}" for k, v in self.ground_truth.items())]
+            lines += ["", f"Normalisation: {self.normalization or 'none (raw transcripts)'}"]
+        if self.worst_utterances:
+            lines += ["", "Worst utterances (artifact against reference):", "",
+                      "| id | cer | wer | reference | artifact |", "| --- | --- | --- | --- | --- |"]
+            lines += [f"| {u['id']} | {_fmt(u['cer'])} | {_fmt(u['wer'])} | {_cell(u['reference'])} | "
+                      f"{_cell(u['artifact'])} |" for u in self.worst_utterances]
         if self.failures:
             lines += ["", "Failures:"] + [f"- {f}" for f in self.failures]
         return "\n".join(lines) + "\n"
@@ -165,6 +175,10 @@ def _fmt(value: float) -> str:
     if isinstance(value, float) and 0.99 < value < 1.0:
         return f"{value:.6f}"  # cosines and agreements: .3g would round 0.9999 up to 1
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # raw transcripts may hold the table's separator
 
 
 def thresholds_for(precision: str, overrides: dict[str, float] | None = None) -> dict[str, float]:
@@ -214,15 +228,15 @@ def shape_case(fe: FeatureExtractorConfig, with_attention_mask: bool, batch: int
 
 
 def data_cases(directory: Path, fe: FeatureExtractorConfig, with_attention_mask: bool,
-               max_samples: int | None = None, limit: int | None = None) -> list[ParityCase]:
-    """One batch-1 case per audio file of a directory (the user's `--data`)."""
-    transcripts = read_transcripts(directory)
+               max_samples: int | None = None, limit: int | None = None,
+               options: CorpusOptions | None = None) -> list[ParityCase]:
+    """One batch-1 case per utterance of the user's `--data` corpus (any format `read_corpus` reads)."""
     cases = []
-    for path in iter_audio_files(directory)[:limit]:
-        waveform = load_audio(path, fe.sampling_rate)
+    for utterance in read_corpus(directory, options).utterances[:limit]:
+        waveform = utterance.load(fe.sampling_rate)
         if max_samples is not None and len(waveform) > max_samples:
             waveform = waveform[:max_samples]
-        cases.append(_batch(path.stem, [waveform], fe, with_attention_mask, [transcripts.get(path.stem)]))
+        cases.append(_batch(utterance.id, [waveform], fe, with_attention_mask, [utterance.text]))
     return cases
 
 
@@ -287,9 +301,12 @@ def run_parity(
     thresholds: dict[str, float],
     tokenizer: Any | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    normalize: bool = True,
 ) -> ParityReport:
+    """Compare `candidate` with `reference` on `cases`; `normalize` maps reference transcripts and
+    hypotheses to the tokenizer's alphabet before their CER/WER (raw figures are reported beside)."""
     report = ParityReport(target, precision, task, thresholds)
-    hyps, refs, truth_hyps, truth_refs, truths = [], [], [], [], []
+    hyps, refs, truth_hyps, truth_refs, truths, truth_ids = [], [], [], [], [], []
     for i, case in enumerate(cases, 1):
         progress(f"parity case {i}/{len(cases)}: {case.name}")
         inputs = {k: v for k, v in case.inputs.items() if k in candidate.input_names}
@@ -328,8 +345,9 @@ def run_parity(
                     truth = case.reference_texts or [None] * len(ref_text)
                     transcripts = [{"eager": r, "artifact": c, "reference": t}
                                    for r, c, t in zip(ref_text, cand_text, truth)]
-                    for r, c, t in zip(ref_text, cand_text, truth):
+                    for item, (r, c, t) in enumerate(zip(ref_text, cand_text, truth)):
                         if t is not None:
+                            truth_ids.append(case.name if len(truth) == 1 else f"{case.name}[{item}]")
                             truth_refs.append(t)
                             truth_hyps.append(c)
                             truths.append(r)
@@ -353,13 +371,10 @@ def run_parity(
             if limit is not None and value > limit:
                 report.failures.append(f"all cases: {metric} against eager transcripts {value:.3g} above max_{metric} {limit:.3g}")
     if truth_refs:
-        report.ground_truth = {
-            "artifact_cer": character_error_rate(truth_hyps, truth_refs),
-            "eager_cer": character_error_rate(truths, truth_refs),
-            "artifact_wer": word_error_rate(truth_hyps, truth_refs),
-            "eager_wer": word_error_rate(truths, truth_refs),
-            "utterances": float(len(truth_refs)),
-        }
+        normalizer = text_normalizer(tokenizer) if normalize else None
+        report.normalization = normalizer.description if normalizer else None
+        report.ground_truth, report.worst_utterances = reference_report(
+            truth_ids, truth_refs, {"artifact": truth_hyps, "eager": truths}, normalizer)
     if any(math.isnan(v) for c in report.cases for v in c.metrics.values()):
         report.failures.append("some metrics are NaN: the artifact produced NaN or Inf outputs")
     return report

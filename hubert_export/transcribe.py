@@ -153,7 +153,9 @@ class Transcriber:
     def __init__(self, source: str | Path, *, log: Callable[[str], None] | None = None) -> None:
         from hubert_export.artifact import MANIFEST_NAME, Artifact
 
-        self.source = Path(source)
+        from hubert_export.hub import resolve_model  # an owner/name id: its snapshot in the hub cache
+
+        self.source = resolve_model(source)
         self.log = log or (lambda _: None)
         self.shape_range = None
         if (self.source / MANIFEST_NAME).is_file():
@@ -316,7 +318,8 @@ def transcribe_parser() -> argparse.ArgumentParser:
                     "when several files are given.",
     )
     parser.add_argument("model", type=Path, metavar="ARTIFACT_OR_CHECKPOINT",
-                        help="a CTC artifact directory written by hubert-export, or a CTC checkpoint directory")
+                        help="a CTC artifact directory written by hubert-export, a CTC checkpoint directory, or "
+                             "a model id (owner/name) in the local Hugging Face cache")
     parser.add_argument("audio", type=Path, nargs="+", metavar="AUDIO",
                         help="WAV/FLAC/OGG recordings, any sampling rate and channel count")
     parser.add_argument("--chunk-seconds", type=float, default=20.0,

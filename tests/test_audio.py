@@ -288,8 +288,15 @@ def test_read_transcripts_tsv(tmp_path):
 
 
 def test_read_transcripts_txt_index_and_bad_line(tmp_path):
+    # transcripts.txt takes LibriSpeech/Kaldi's "ID TEXT" as well as a tab; transcripts.tsv needs the tab.
+    (tmp_path / "transcripts.txt").write_text("utt1\tHI\nutt2 has no tab\nutt3\n")
+    with pytest.raises(HubertExportError, match="transcripts.txt line 3 is not 'ID TRANSCRIPT'"):
+        read_transcripts(tmp_path)
     (tmp_path / "transcripts.txt").write_text("utt1\tHI\nutt2 has no tab\n")
-    with pytest.raises(HubertExportError, match="line 2 .*TAB"):
+    assert read_transcripts(tmp_path) == {"utt1": "HI", "utt2": "has no tab"}
+    (tmp_path / "transcripts.txt").unlink()
+    (tmp_path / "transcripts.tsv").write_text("utt1\tHI\nutt2 has no tab\n")
+    with pytest.raises(HubertExportError, match="transcripts.tsv line 2 .*TAB"):
         read_transcripts(tmp_path)
 
 

@@ -80,3 +80,57 @@ def test_empty_references():
 def test_mismatched_counts_rejected():
     with pytest.raises(HubertExportError, match="2 hypotheses but 1 reference"):
         word_error_rate(["a", "b"], ["a"])
+
+
+# --- normalisation and the corpus report --------------------------------------------------------
+
+
+def _tokenizer(**options):
+    from hubert_export.tokenizer import CTCTokenizer
+
+    letters = {c: i + 5 for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")}
+    return CTCTokenizer({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **letters}, **options)
+
+
+def test_normaliser_maps_text_to_the_vocabulary():
+    from hubert_export.metrics import text_normalizer
+
+    normal = text_normalizer(_tokenizer())
+    assert normal.case == "upper" and normal.alphabet == frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+    assert normal("  It's a café,  \"naïve\" test-case #3!\n") == "IT'S A CAFE NAIVE TESTCASE"
+    assert normal("<unk> | pad") == "UNK PAD"  # special tokens and the word delimiter are not text
+    assert "upper-cased" in normal.description and "(' A-Z)" in normal.description
+    # A vocabulary the decoder lower-cases (do_lower_case) is scored in lower case.
+    assert text_normalizer(_tokenizer(do_lower_case=True))("Hello, World") == "hello world"
+
+
+def test_corpus_error_rates_match_jiwer():
+    jiwer = pytest.importorskip("jiwer")
+    import random
+
+    rng = random.Random(0)
+    words = ["a", "bb", "ccc", "the", "it's", "x"]
+    refs = [" ".join(rng.choices(words, k=rng.randint(1, 8))) for _ in range(200)]
+    hyps = [" ".join(w for w in r.split() if rng.random() > 0.2) + rng.choice(["", " x", " zz"]) for r in refs]
+    hyps = [h.strip() for h in hyps]
+    assert word_error_rate(hyps, refs) == pytest.approx(jiwer.wer(refs, hyps), abs=1e-12)
+    assert character_error_rate(hyps, refs) == pytest.approx(jiwer.cer(refs, hyps), abs=1e-12)
+
+
+def test_reference_report_normalised_raw_and_worst():
+    from hubert_export.metrics import reference_report, text_normalizer
+
+    refs = ["hello world.", "It's fine", "good day"]
+    artifact = ["HELLO WORLD", "ITS FINE", "GOOD DAY"]
+    eager = ["HELLO WORLD", "IT'S FINE", "GOOD DAY"]
+    summary, worst = reference_report(["u1", "u2", "u3"], refs, {"artifact": artifact, "eager": eager},
+                                      text_normalizer(_tokenizer()))
+    assert summary["artifact_cer"] == pytest.approx(1 / 28)  # the one missing apostrophe, over 11 + 9 + 8 characters
+    assert summary["eager_cer"] == 0.0 and summary["eager_wer"] == 0.0
+    assert summary["artifact_wer"] == pytest.approx(1 / 6)
+    assert summary["raw_eager_cer"] == pytest.approx(character_error_rate(eager, refs)) and summary["raw_eager_cer"] > 0.5
+    assert summary["utterances"] == 3.0
+    assert worst == [{"id": "u2", "cer": pytest.approx(1 / 9), "wer": 0.5, "reference": "IT'S FINE",
+                      "artifact": "ITS FINE", "eager": "IT'S FINE"}]
+    plain, _ = reference_report(["u1"], ["a b"], {"artifact": ["A B"]})
+    assert plain["artifact_cer"] == plain["raw_artifact_cer"] == pytest.approx(2 / 3)
