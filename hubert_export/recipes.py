@@ -281,7 +281,7 @@ class Shapes:
         if not isinstance(data, Mapping):
             return data
         defaults: ShapeRange = (info.context or {}).get("shape_defaults", DEFAULT_SHAPE_RANGE)
-        slots = {slot: data.get(slot) or {} for slot in ("min", "opt", "max")}
+        slots = {slot: {} if data.get(slot) is None else data[slot] for slot in ("min", "opt", "max")}
         if not all(isinstance(s, Mapping) for s in slots.values()):
             return data  # pydantic reports the bad slot
         slots = {slot: dict(s) for slot, s in slots.items()}

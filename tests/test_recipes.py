@@ -217,6 +217,7 @@ def test_field_in_the_wrong_section_points_to_its_section():
                                                           "max": {"batch": 64, "samples": 800}}]}},
          "shapes.profiles[0].max", "outside"),
         ({"target": "onnx", "shapes": [1, 2]}, "shapes", "mapping"),
+        ({"target": "onnx", "shapes": {"min": []}}, "shapes.min", "mapping"),
         ({"target": "onnx", "name": ""}, "name", "non-empty"),
         ({"target": "tensorrt", "tensorrt": {"tf32": "on"}}, "tensorrt.tf32", "true or false"),
         ({"target": "onnx", "verification": {"golden": "sometimes"}}, "verification.golden", "auto, always, never"),
