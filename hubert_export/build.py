@@ -149,7 +149,7 @@ def export_artifact(
                                serialized=serialized)
             pass_names = backend.graph_passes(recipe)
             if pass_names:
-                ctx.exported, ctx.serialized = run_passes(ctx.onnx_model(), pass_names, log=log), None
+                ctx.exported, ctx.serialized = run_passes(ctx.onnx_model(), pass_names), None
             log(f"building the {recipe.target} {recipe.precision} artifact")
             backend_section = {**backend.build(ctx), "graph_passes": pass_names}
         finally:

@@ -16,7 +16,7 @@ from hubert_export.backends import tensorrt as trt_backend
 from hubert_export.errors import HubertExportError
 from hubert_export.export import export_onnx
 from hubert_export.model import HubertForCTC, HubertModel
-from hubert_export.passes import PORTABLE_PASSES, fuse_gelu, run_passes
+from hubert_export.passes import PORTABLE_PASSES, optimize_for_onnxruntime, run_passes
 from hubert_export.precision import DEFAULT_POLICY
 from hubert_export.recipes import Shape, ShapeRange, Shapes, default_recipe, recipe_from_dict
 from hubert_export.tasks import get_task
@@ -83,7 +83,7 @@ def test_recipe_fp32_layers_are_the_patterns_used(exports):
 
 
 def test_onnx_runtime_fusions_are_refused(exports):
-    fused = fuse_gelu(exports["torchscript-base"])  # com.microsoft Gelu: what the ORT artifact carries
+    fused = optimize_for_onnxruntime(exports["torchscript-base"])  # com.microsoft ops, as ORT artifacts carry
     with pytest.raises(HubertExportError, match=r"com\.microsoft\.Gelu.*portable export") as error:
         trt_backend.prepare_for_tensorrt(fused)
     assert "\n" not in str(error.value)
