@@ -28,7 +28,7 @@ from hubert_export.model.weights import load_checkpoint_state
 from hubert_export.parity import ParityReport, builtin_cases, data_cases, run_parity, shape_case, thresholds_for
 from hubert_export.recipes import Recipe, ShapeRange
 from hubert_export.runner import EagerRunner
-from hubert_export.tasks import INPUT_AXES, get_task, infer_task, output_axes
+from hubert_export.tasks import TaskSpec, family_of
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL_DIR = DATA_DIR / "tiny-ctc"
@@ -63,13 +63,14 @@ class BuildResult:
 
 def _load_model(model_dir: Path, task_name: str):
     config = HubertConfig.from_pretrained(model_dir)
-    task = get_task(infer_task(config) if task_name == "auto" else task_name)
-    head = {"ctc": "lm_head", "sequence-classification": "classifier"}.get(task.name)
+    family = family_of(config)
+    task = family.task(family.infer_task(config) if task_name == "auto" else task_name)
+    head = task.head_prefix
     # from_pretrained initialises a missing head at random (for fine-tuning); an export of one is garbage.
-    if head and not any(k.startswith(f"{head}.") for k in load_checkpoint_state(model_dir)):  # mmap: names only
+    if head and not any(k.startswith(head) for k in load_checkpoint_state(model_dir)):  # mmap: names only
         raise HubertExportError(
-            f"checkpoint {model_dir} has no {head} weights, so it was not fine-tuned for --task {task.name}: "
-            f"pass a {task.model_class.__name__} checkpoint, or --task feature-extraction")
+            f"checkpoint {model_dir} has no {head.rstrip('.')} weights, so it was not fine-tuned for --task "
+            f"{task.name}: pass a {task.model_class.__name__} checkpoint, or --task {family.default_task}")
     return config, task, task.model_class.from_pretrained(model_dir)
 
 
@@ -117,8 +118,9 @@ def export_artifact(
     config, task, model = _load_model(model_dir, recipe.task)
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = fe.return_attention_mask if recipe.export.attention_mask == "auto" else bool(recipe.export.attention_mask)
-    input_names = ["input_values"] + (["attention_mask"] if with_mask else [])
-    axes = output_axes(task, recipe.export.output_hidden_states)
+    family = family_of(config)
+    input_names = family.input_names(with_mask)
+    output_names = [s.name for s in family.outputs(task, recipe.export.output_hidden_states)]
 
     # Hashing reads the whole checkpoint; hashlib and file reads release the GIL, so it runs on the
     # second core while the (mostly single-threaded) export runs on the first.
@@ -138,7 +140,7 @@ def export_artifact(
         # the artifact is not finished until it has passed.
         checked = pool.submit(check_onnx, serialized) if serialized is not None else None
         try:
-            ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, list(axes), log,
+            ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, output_names, log,
                                _calibration_loader(recipe, fe, input_names, log), exported=exported,
                                serialized=serialized)
             pass_names = backend.graph_passes(recipe)
@@ -156,13 +158,13 @@ def export_artifact(
             source={"checkpoint": str(model_dir.resolve()), "checkpoint_sha256": checkpoint_sha256.result(),
                     "architecture": task.model_class.__name__},
             task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
-            io=_io_section(input_names, axes, config, task.name),
+            io=family.io_section(input_names, task, recipe.export.output_hidden_states, config),
             shape_range=recipe.shapes.range.to_dict(),
             backend=backend_section,
         )
         artifacts.write_manifest(tmp, manifest, known_sha256=ctx.file_sha256)
         artifact = artifacts.Artifact.open(tmp)
-        report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
+        report, latency, shape = _verify(artifact, model, config, task, fe, with_mask, recipe,
                                          data_dir=Path(data_dir) if data_dir else None, log=log,
                                          latency_repeats=latency_repeats)
         report.write(tmp)
@@ -206,7 +208,7 @@ def check_artifact(
     config, task, model = _load_model(model_dir, manifest["task"])
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
-    report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
+    report, latency, shape = _verify(artifact, model, config, task, fe, with_mask, recipe,
                                      data_dir=Path(data_dir) if data_dir else None, log=log,
                                      latency_repeats=latency_repeats)
     report.write(artifact.path)
@@ -216,7 +218,7 @@ def check_artifact(
     return report
 
 
-def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str, fe: FeatureExtractorConfig,
+def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: TaskSpec, fe: FeatureExtractorConfig,
             with_mask: bool, recipe: Recipe, *, data_dir: Path | None, log: Callable[[str], None],
             latency_repeats: int):
     from hubert_export.tokenizer import CTCTokenizer
@@ -232,12 +234,12 @@ def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str
         cases = [c for c in cases if c.inputs["input_values"].shape == (static.batch, static.samples)]
         cases.append(shape_case(fe, with_mask, static.batch, static.samples))
     tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
-    reference = EagerRunner(model, get_task(task), with_attention_mask=with_mask,
+    reference = EagerRunner(model, task, with_attention_mask=with_mask,
                             output_hidden_states=recipe.export.output_hidden_states)
-    thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit())
+    thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit(), family_of(config).thresholds)
     log(f"parity check: {len(cases)} cases against the eager model")
     with get_backend(artifact.target).load(artifact) as candidate:
-        report = run_parity(reference, candidate, cases, config=config, task=task, target=artifact.target,
+        report = run_parity(reference, candidate, cases, config=config, task=task.name, target=artifact.target,
                             precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer, progress=log)
         opt = shape_range.opt
         latency = None
@@ -269,23 +271,6 @@ def _parity_summary(report: ParityReport, latency: float | None, shape: list[int
             "failures": report.failures, "cases": len(report.cases), "ground_truth": report.ground_truth,
             "latency_seconds": latency, "latency_shape": shape,
             "checked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _io_section(input_names: list[str], axes: dict[str, dict[int, str]], config: HubertConfig, task: str):
-    def shape(name: str, axis_names: dict[int, str], rank: int, fixed: dict[int, int]) -> list[Any]:
-        return [axis_names.get(i, fixed.get(i)) for i in range(rank)]
-
-    inputs = [{"name": n, "dtype": "float32" if n == "input_values" else "int64",
-               "shape": shape(n, INPUT_AXES[n], 2, {})} for n in input_names]
-    widths = {"last_hidden_state": {2: config.hidden_size}, "logits": {2: config.vocab_size}
-              if task == "ctc" else {1: config.num_labels},
-              "hidden_states": {1: config.num_hidden_layers + 1, 3: config.hidden_size}}
-    ranks = {"last_hidden_state": 3, "hidden_states": 4, "logits": 3 if task == "ctc" else 2}
-    outputs = [{"name": n, "dtype": "float32", "shape": shape(n, a, ranks[n], widths[n])} for n, a in axes.items()]
-    dynamic = {n: {str(k): v for k, v in INPUT_AXES[n].items()} for n in input_names}
-    dynamic.update({n: {str(k): v for k, v in a.items()} for n, a in axes.items()})
-    return {"inputs": inputs, "outputs": outputs, "dynamic_axes": dynamic,
-            "frames": {"stride_samples": config.inputs_to_logits_ratio, "receptive_field": config.receptive_field}}
 
 
 def _remove_tree(path: Path) -> None:

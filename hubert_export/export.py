@@ -23,9 +23,8 @@ import torch
 
 from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertPreTrainedModel
-from hubert_export.tasks import INPUT_AXES, ExportModule, TaskSpec, output_axes
+from hubert_export.tasks import DEFAULT_OPSET, ExportModule, TaskSpec, family_of, output_axes
 
-DEFAULT_OPSET = 18
 DEFAULT_EXPORTER = "torchscript"
 EXPORTERS = ("torchscript", "dynamo")
 # onnx protobufs cannot exceed 2 GB; hubert-xlarge (~3.8 GB in float32) needs external data.
@@ -92,20 +91,17 @@ def export_onnx_serialized(
         raise HubertExportError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
     model = model.eval()
     config = model.config
+    family = family_of(config)
     wrapper = ExportModule(model, output_hidden_states)
-    # Batch 2 and a length that is no multiple of the stride keep the tracer from specialising.
-    example = torch.zeros(2, 16_003)
-    example[:, ::7] = 0.5
-    args: tuple[torch.Tensor, ...] = (example,)
+    dummy = family.dummy_inputs(with_attention_mask)
+    input_names = list(dummy)
+    args = tuple(dummy.values())
     batch = torch.export.Dim("batch", min=1, max=4096)
     samples = torch.export.Dim("samples", min=config.receptive_field, max=2**30)
-    dynamic_shapes: dict[str, dict[int, torch.export.Dim]] = {"input_values": {0: batch, 1: samples}}
-    input_names = ["input_values"]
-    if with_attention_mask:
-        args = (example, torch.ones(2, 16_003, dtype=torch.int64))
-        dynamic_shapes["attention_mask"] = {0: batch, 1: samples}
-        input_names.append("attention_mask")
-    axes = output_axes(task, output_hidden_states)
+    dims = {"batch": batch, "samples": samples}
+    dynamic_shapes = {name: {i: dims[a] for i, a in family.input(name).axes.items()} for name in input_names}
+    axes = output_axes(task, output_hidden_states, family)
+    input_axes = {name: family.input(name).axes for name in input_names}
 
     num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = num_bytes > EXTERNAL_DATA_THRESHOLD
@@ -124,13 +120,13 @@ def export_onnx_serialized(
             try:
                 if in_memory:
                     buffer = _BytesCapture()
-                    _export_torchscript(wrapper, args, buffer, input_names, axes, opset)
+                    _export_torchscript(wrapper, args, buffer, input_axes, axes, opset)
                 elif exporter == "torchscript":
-                    _export_torchscript(wrapper, args, target, input_names, axes, opset)
+                    _export_torchscript(wrapper, args, target, input_axes, axes, opset)
                     # The tracing exporter writes tensors of models over 2 GB as loose files: gather them.
                     save_onnx(onnx.load(str(target)), target)
                 else:
-                    _export_dynamo(wrapper, args, target, input_names, axes, opset, external, dynamic_shapes)
+                    _export_dynamo(wrapper, args, target, input_axes, axes, opset, external, dynamic_shapes)
             except Exception as exc:  # the exporter raises many types; the user needs one line
                 raise HubertExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         if in_memory:
@@ -163,21 +159,21 @@ class _BytesCapture:
 
 
 def _export_torchscript(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], f: Path | _BytesCapture,
-                        input_names: list[str], axes: dict[str, dict[int, str]], opset: int) -> None:
-    dynamic_axes = {name: INPUT_AXES[name] for name in input_names} | axes
-    torch.onnx.export(wrapper, args, f if isinstance(f, _BytesCapture) else str(f), input_names=input_names,
+                        input_axes: dict[str, dict[int, str]], axes: dict[str, dict[int, str]], opset: int) -> None:
+    dynamic_axes = input_axes | axes
+    torch.onnx.export(wrapper, args, f if isinstance(f, _BytesCapture) else str(f), input_names=list(input_axes),
                       output_names=list(axes), dynamic_axes=dynamic_axes, opset_version=opset,
                       do_constant_folding=True, dynamo=False)
 
 
-def _export_dynamo(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-                   axes: dict[str, dict[int, str]], opset: int, external: bool,
+def _export_dynamo(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path,
+                   input_axes: dict[str, dict[int, str]], axes: dict[str, dict[int, str]], opset: int, external: bool,
                    dynamic_shapes: dict[str, dict[int, torch.export.Dim]]) -> None:
     program = torch.onnx.export(
-        wrapper, args, input_names=input_names, output_names=list(axes), dynamic_shapes=dynamic_shapes,
+        wrapper, args, input_names=list(input_axes), output_names=list(axes), dynamic_shapes=dynamic_shapes,
         opset_version=opset, dynamo=True, optimize=False, external_data=external, verbose=False,
     )
-    _name_axes(program.model, input_names, axes)
+    _name_axes(program.model, input_axes | axes)
     program.save(str(path), external_data=external)
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """Save `model`, its weights in one external `<name>.data` file when they exceed protobuf's 2 GB."""
@@ -195,11 +191,10 @@ def check_onnx(model: Path | bytes) -> None:
         raise HubertExportError(f"{name} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
 
 
-def _name_axes(model: "onnx_ir.Model", input_names: list[str], axes: dict[str, dict[int, str]]) -> None:
+def _name_axes(model: "onnx_ir.Model", declared: dict[str, dict[int, str]]) -> None:
     """Give every dynamic axis its declared name (batch, samples, frames) in the graph's I/O."""
     import onnx_ir
 
-    declared = {name: INPUT_AXES[name] for name in input_names} | axes
     for value in list(model.graph.inputs) + list(model.graph.outputs):
         names = declared.get(value.name, {})
         dims = [names.get(i, dim) for i, dim in enumerate(value.shape)]

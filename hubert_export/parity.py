@@ -34,22 +34,7 @@ from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_a
 from hubert_export.metrics import character_error_rate, edit_distance, word_error_rate
 from hubert_export.model import HubertConfig
 from hubert_export.runner import Runner
-
-# Default thresholds per precision. fp32 is exact up to float rounding; fp16 and int8 are judged
-# on what users consume (directions of features, decoded tokens, top-1 classes), since their
-# absolute errors grow with the output's scale and mean little on their own.
-DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs_error": 1e-4, "relative_l2_error": 1e-4, "min_cosine_similarity": 0.9999,
-             "min_argmax_agreement": 0.995, "max_token_edit_rate": 0.01, "min_top1_agreement": 1.0,
-             "max_cer": 0.01, "max_wer": 0.02},
-    "fp16": {"relative_l2_error": 0.02, "min_cosine_similarity": 0.995, "min_argmax_agreement": 0.97,
-             "max_token_edit_rate": 0.05, "min_top1_agreement": 0.98, "max_cer": 0.05, "max_wer": 0.1},
-    # INT8 gates on what users see (frame argmax, decoded tokens, CER); the worst single frame's
-    # cosine only catches a broken graph: static QDQ on a padded batch measured 0.80 on one frame
-    # while 94% of frame argmaxes agreed.
-    "int8": {"min_cosine_similarity": 0.70, "min_argmax_agreement": 0.85, "max_token_edit_rate": 0.15,
-             "min_top1_agreement": 0.9, "max_cer": 0.10, "max_wer": 0.25},
-}
+from hubert_export.tasks import DEFAULT_THRESHOLDS
 
 # metric name -> (threshold name, True when larger is better)
 _GATES: dict[str, tuple[str, bool]] = {
@@ -167,8 +152,10 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def thresholds_for(precision: str, overrides: dict[str, float] | None = None) -> dict[str, float]:
-    return {**DEFAULT_THRESHOLDS[precision], **(overrides or {})}
+def thresholds_for(precision: str, overrides: dict[str, float] | None = None,
+                   defaults: dict[str, dict[str, float]] = DEFAULT_THRESHOLDS) -> dict[str, float]:
+    """The gates for `precision`: a family's defaults (`ModelFamily.thresholds`), then a recipe's overrides."""
+    return {**defaults[precision], **(overrides or {})}
 
 
 # ------------------------------------------------------------------------------------------ inputs
