@@ -61,9 +61,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import itertools
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -77,6 +77,9 @@ from typing import Any
 import numpy as np
 
 from hubert_export.errors import HubertExportError
+from hubert_export.runner import Runner
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SAMPLE_RATE = 16_000
@@ -152,7 +155,7 @@ def _blas_threads(threads: int | None) -> Any:
 
 
 def open_subject(subject: Subject, threads: int | None = None) -> Any:
-    """A `Runner` for `subject`, with `threads` intra-op threads where the runtime takes a count."""
+    """An inactive `Runner` for `subject`, with `threads` intra-op threads where the runtime takes a count."""
     if subject.kind not in SUBJECT_KINDS:
         raise HubertExportError(f"unknown subject kind {subject.kind!r}: choose one of {', '.join(SUBJECT_KINDS)}")
     if subject.kind in ("eager", "transformers") and threads:
@@ -164,10 +167,7 @@ def open_subject(subject: Subject, threads: int | None = None) -> Any:
         from hubert_export.backends import get_backend
 
         artifact = Artifact.open(subject.path)
-        load = get_backend(artifact.target).load
-        # Back ends name their options themselves; pass a thread count only to those that take one.
-        options = {"threads": threads} if threads and "threads" in inspect.signature(load).parameters else {}
-        return load(artifact, **options)
+        return get_backend(artifact.target).load(artifact, threads=threads or None)
     if subject.kind == "onnx-file":
         from hubert_export.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -182,26 +182,33 @@ def open_subject(subject: Subject, threads: int | None = None) -> Any:
     return TransformersRunner(subject.path, task)
 
 
-class TransformersRunner:
+class TransformersRunner(Runner):
     """transformers' own eager model (default attention implementation): the usual starting point."""
 
     def __init__(self, checkpoint: str | Path, task: str) -> None:
-        import transformers
+        from hubert_export.tasks import get_task
 
-        classes = {"ctc": "HubertForCTC", "sequence-classification": "HubertForSequenceClassification"}
-        self.model = getattr(transformers, classes.get(task, "HubertModel")).from_pretrained(checkpoint).eval()
+        spec = get_task(task)
+        self.checkpoint = checkpoint
+        # Our model classes carry transformers' names.
+        self.class_name = spec.model_class.__name__
         self.name = "transformers"
         self.input_names = ["input_values"]
-        self.output_names = ["logits" if task in classes else "last_hidden_state"]
+        self.output_names = spec.output_names
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _activate(self) -> None:
+        import transformers
+
+        self.model = getattr(transformers, self.class_name).from_pretrained(self.checkpoint).eval()
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         with torch.inference_mode():
             out = self.model(torch.from_numpy(np.ascontiguousarray(inputs["input_values"])))
         return {name: getattr(out, name).float().numpy() for name in self.output_names}
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         self.model = None
 
 
@@ -307,7 +314,7 @@ def _memory_probe(request_json: str) -> None:
     elif subject.kind == "transformers":
         import transformers  # noqa: F401
     baseline = _vm_hwm_bytes()
-    runner = open_subject(subject, request["threads"])
+    runner = open_subject(subject, request["threads"]).activate()
     runner.infer(_inputs(runner, request["batch"], request["samples"]))
     print(json.dumps({"baseline_rss_bytes": baseline, "peak_rss_bytes": _vm_hwm_bytes()}))
 
@@ -344,10 +351,8 @@ def run_benchmark(
     baseline: str | None = None,
     memory: bool = True,
     ceiling_size: int = 4096,
-    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every subject at every length x batch; returns the bench.json document."""
-    log = progress or (lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True))
     if repeats < 1 or warmup < 0:
         raise HubertExportError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
     if not subjects:
@@ -359,9 +364,9 @@ def run_benchmark(
     shapes = [(b, int(round(s * SAMPLE_RATE))) for s in lengths for b in batches]
     notes: list[str] = []
 
-    log(f"matmul ceiling: numpy float32 {ceiling_size}x{ceiling_size}")
+    log.info(f"matmul ceiling: numpy float32 {ceiling_size}x{ceiling_size}")
     ceiling = matmul_ceiling(ceiling_size, threads=threads)
-    log(f"matmul ceiling: {ceiling['gflops']:.1f} GFLOP/s")
+    log.info(f"matmul ceiling: {ceiling['gflops']:.1f} GFLOP/s")
 
     records: list[dict[str, Any]] = []
     runners: dict[str, Any] = {}
@@ -375,12 +380,12 @@ def run_benchmark(
             record["task"] = task
             flop_config[subject.name] = (config, task)
             start = time.perf_counter()
-            runners[subject.name] = open_subject(subject, threads)
+            runners[subject.name] = open_subject(subject, threads).activate()
             record["load_seconds"] = time.perf_counter() - start
-            log(f"loaded {subject.name} in {record['load_seconds']:.2f} s")
+            log.info(f"loaded {subject.name} in {record['load_seconds']:.2f} s")
         except Exception as exc:  # noqa: BLE001 - one subject that cannot load must not stop the others
             record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log(f"cannot load {subject.name}: {record['error']}")
+            log.info(f"cannot load {subject.name}: {record['error']}")
         records.append(record)
     if baseline is not None and baseline not in runners:
         notes.append(f"baseline {baseline} could not be loaded: no speed-ups")
@@ -407,7 +412,7 @@ def run_benchmark(
                 active[name] = (runner, inputs)
             except Exception as exc:  # noqa: BLE001 - outside the shape range, out of memory, ...
                 row["skipped"] = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-                log(f"{name} {seconds:g} s x{batch}: skipped ({row['skipped']})")
+                log.info(f"{name} {seconds:g} s x{batch}: skipped ({row['skipped']})")
         order = list(active)
         for r in range(repeats if order else 0):
             # Round-robin, so drift in machine load hits every subject alike; rotated each repeat and
@@ -419,7 +424,7 @@ def run_benchmark(
                 start = time.perf_counter()
                 runner.infer(inputs)
                 rows[name]["runs_s"].append(time.perf_counter() - start)
-            log(f"{seconds:g} s x{batch} repeat {r + 1}/{repeats}: "
+            log.info(f"{seconds:g} s x{batch} repeat {r + 1}/{repeats}: "
                 + ", ".join(f"{n} {rows[n]['runs_s'][-1]:.3f} s" for n in order))
         base = rows.get(baseline) if baseline else None
         for name, row in rows.items():
@@ -433,7 +438,7 @@ def run_benchmark(
     if memory:
         for record, subject in zip(records, subjects):
             if record["error"] is None:
-                log(f"peak memory of {subject.name} (fresh process)")
+                log.info(f"peak memory of {subject.name} (fresh process)")
                 record["memory"] = measure_memory(subject, shapes, threads)
         if _vm_hwm_bytes() is None:
             notes.append("peak memory not measured: /proc/self/status has no VmHWM on this system")
@@ -649,7 +654,7 @@ def run_bench(args: argparse.Namespace) -> int:
             subject.name = f"{subject.name}-{i}"
     results = run_benchmark(subjects, lengths=args.lengths, batches=args.batch, repeats=args.repeats,
                             warmup=args.warmup, threads=args.threads, baseline=baseline,
-                            memory=not args.no_memory, ceiling_size=args.ceiling_size, progress=(lambda _: None) if args.quiet else None)
+                            memory=not args.no_memory, ceiling_size=args.ceiling_size)
     written = write_results(results, args.output) if args.output is not None else []
     print(markdown(results), end="")
     if written:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,18 @@ from hubert_export.errors import EXIT_OK, EXIT_PARITY_FAILED, HubertExportError
 
 EXIT_INTERNAL = 3
 SUBCOMMANDS = ("build", "check", "transcribe", "bench")
+
+
+class ProgressHandler(logging.Handler):
+    """Timestamped step lines on stderr (`[  12.3s] message`): long builds show where they are."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.start = time.perf_counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # sys.stderr looked up per line: whoever replaced it since (a test's capture) gets the line.
+        print(f"[{time.perf_counter() - self.start:6.1f}s] {record.getMessage()}", file=sys.stderr, flush=True)
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -127,13 +141,13 @@ def _recipe_from_args(args: argparse.Namespace):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from hubert_export.build import DEFAULT_MODEL_DIR, Progress, export_artifact
+    from hubert_export.build import DEFAULT_MODEL_DIR, export_artifact
 
     recipe = _recipe_from_args(args)
     model_dir = args.model or DEFAULT_MODEL_DIR
     output = args.output or Path("artifacts") / f"{Path(model_dir).resolve().name}-{recipe.target}-{recipe.precision}"
     result = export_artifact(model_dir, output, recipe, overwrite=args.overwrite, data_dir=args.data,
-                             progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats)
+                             latency_repeats=args.latency_repeats)
     worst = result.report.worst()
     print(f"artifact   {result.path}  ({result.size_bytes / 1e6:.1f} MB, {recipe.target} {recipe.precision})")
     print(f"parity     {'PASS' if result.passed else 'FAIL'}  ({len(result.report.cases)} cases; "
@@ -148,10 +162,10 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from hubert_export.build import Progress, check_artifact
+    from hubert_export.build import check_artifact
 
     report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
-                            progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats)
+                            latency_repeats=args.latency_repeats)
     print(f"parity {'PASS' if report.passed else 'FAIL'}: {args.artifact} ({report.target} {report.precision}, "
           f"{len(report.cases)} cases)")
     for failure in report.failures:
@@ -186,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
         parser, run = getattr(module, parser_fn)(), getattr(module, run_fn)
     args = parser.parse_args(argv)
+    logger = logging.getLogger("hubert_export")
+    handler, level = ProgressHandler(), logger.level
+    if not args.quiet:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     try:
         return run(args)
     except HubertExportError as exc:
@@ -203,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hubert-export: internal error: {type(exc).__name__}: {first} (rerun with --debug for the "
               "traceback and report it)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -30,6 +30,8 @@ EXPORTERS = ("torchscript", "dynamo")
 # onnx protobufs cannot exceed 2 GB; hubert-xlarge (~3.8 GB in float32) needs external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 EXTERNAL_DATA_SUFFIX = ".data"
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -53,7 +55,6 @@ def export_onnx(
     with_attention_mask: bool = False,
     output_hidden_states: bool = False,
     exporter: str = DEFAULT_EXPORTER,
-    log: Callable[[str], None] = lambda _: None,
 ) -> onnx.ModelProto:
     """Export `model` for `task`; returns the checked ONNX model, also written to `path` if given.
 
@@ -61,7 +62,7 @@ def export_onnx(
     400 MB costs seconds on a slow disk.
     """
     return export_onnx_serialized(model, task, path, opset=opset, with_attention_mask=with_attention_mask,
-                                  output_hidden_states=output_hidden_states, exporter=exporter, log=log)[0]
+                                  output_hidden_states=output_hidden_states, exporter=exporter)[0]
 
 
 def export_onnx_serialized(
@@ -73,7 +74,6 @@ def export_onnx_serialized(
     with_attention_mask: bool = False,
     output_hidden_states: bool = False,
     exporter: str = DEFAULT_EXPORTER,
-    log: Callable[[str], None] = lambda _: None,
     check: bool = True,
     parse: bool = True,
 ) -> tuple[onnx.ModelProto | None, bytes | None]:
@@ -105,7 +105,7 @@ def export_onnx_serialized(
 
     num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = num_bytes > EXTERNAL_DATA_THRESHOLD
-    log(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset} ({exporter})")
+    log.info(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset} ({exporter})")
     # The wrapper is a fresh nn.Module, in training mode unless told: the exporter restores that
     # mode on the whole model afterwards, which would switch dropout on in the eager reference.
     wrapper.eval()

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ _GATES: dict[str, tuple[str, bool]] = {
     "cer": ("max_cer", False),
     "wer": ("max_wer", False),
 }
+
+log = logging.getLogger(__name__)
 
 BUILTIN_LENGTHS = (400, 1234, 16_000, 48_077)  # the shortest valid input; lengths off the 320 grid
 BUILTIN_PADDED_BATCH = (24_000, 17_777, 9_001)
@@ -273,12 +275,11 @@ def run_parity(
     precision: str,
     thresholds: dict[str, float],
     tokenizer: Any | None = None,
-    progress: Callable[[str], None] = lambda _: None,
 ) -> ParityReport:
     report = ParityReport(target, precision, task, thresholds)
     hyps, refs, truth_hyps, truth_refs, truths = [], [], [], [], []
     for i, case in enumerate(cases, 1):
-        progress(f"parity case {i}/{len(cases)}: {case.name}")
+        log.info(f"parity case {i}/{len(cases)}: {case.name}")
         inputs = {k: v for k, v in case.inputs.items() if k in candidate.input_names}
         start = time.perf_counter()
         ref_out = reference.infer({k: v for k, v in case.inputs.items() if k in reference.input_names})

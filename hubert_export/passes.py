@@ -16,6 +16,7 @@ Fusion passes record how many fusions a model carries in its `metadata_props`
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -651,7 +652,7 @@ ONNXRUNTIME_OFFLINE_PASSES: list[str] = [*PORTABLE_PASSES, "fuse_gelu", "optimiz
 
 
 def run_passes(model: onnx.ModelProto, names: Sequence[str],
-               log: Callable[[str], None] = print) -> onnx.ModelProto:
+               log: Callable[[str], None] = logging.getLogger(__name__).info) -> onnx.ModelProto:
     """Run the named passes in order, logging node counts and time of each; checks after each one
     that the graph's inputs and outputs (names, types, dynamic dims) are unchanged."""
     unknown = [name for name in names if name not in PASSES]

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ from hubert_export.audio import MIN_SAMPLES, FeatureExtractorConfig, _first_line
 from hubert_export.errors import EXIT_OK, HubertExportError
 from hubert_export.model import HubertConfig
 from hubert_export.tokenizer import CTCTokenizer
+
+log = logging.getLogger(__name__)
 
 # Hugging Face adds this to the variance before the square root (as audio.normalize does).
 _NORM_EPS = 1e-7
@@ -150,11 +152,10 @@ class Transcription:
 class Transcriber:
     """A CTC model (artifact or checkpoint), its front end and tokenizer; `transcribe` runs files."""
 
-    def __init__(self, source: str | Path, *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, source: str | Path) -> None:
         from hubert_export.artifact import MANIFEST_NAME, Artifact
 
         self.source = Path(source)
-        self.log = log or (lambda _: None)
         self.shape_range = None
         if (self.source / MANIFEST_NAME).is_file():
             artifact = Artifact.open(self.source)
@@ -167,7 +168,7 @@ class Transcriber:
             from hubert_export.backends import get_backend
 
             self.shape_range = artifact.shape_range()
-            self.runner = get_backend(artifact.target).load(artifact)
+            self.runner = get_backend(artifact.target).load(artifact).activate()
         elif (self.source / "config.json").is_file():
             from hubert_export.model import HubertForCTC
             from hubert_export.runner import EagerRunner
@@ -180,7 +181,7 @@ class Transcriber:
                     "not a HubertForCTC: transcribe needs a fine-tuned CTC checkpoint (e.g. hubert-large-ls960-ft)")
             self._load_metadata("checkpoint")
             model = HubertForCTC.from_pretrained(self.source)
-            self.runner = EagerRunner(model, get_task("ctc"), with_attention_mask=self.fe.return_attention_mask)
+            self.runner = EagerRunner(model, get_task("ctc"), with_attention_mask=self.fe.return_attention_mask).activate()
         elif not self.source.exists():
             raise HubertExportError(f"{self.source} does not exist: pass an artifact or a checkpoint directory")
         else:
@@ -220,7 +221,7 @@ class Transcriber:
             overlap = max(round(overlap_seconds * rate / align) * align, least)
             spans = chunk_spans(stream.num_samples, chunk, overlap)
             self._check_shapes(stream.path, spans, batch_size)
-            self.log(f"transcribing {stream.path}: {stream.num_samples / rate:.1f} s in {len(spans)} chunk(s)")
+            log.info(f"transcribing {stream.path}: {stream.num_samples / rate:.1f} s in {len(spans)} chunk(s)")
             mean, scale = 0.0, 1.0
             if self.fe.do_normalize:
                 mean, var = _moments(stream, chunk)
@@ -295,11 +296,10 @@ def _check_options(chunk_seconds: float, overlap_seconds: float, batch_size: int
 
 
 def transcribe(source: str | Path, audio: list[str | Path], *, chunk_seconds: float = 20.0,
-               overlap_seconds: float = 2.0, batch_size: int = 1,
-               log: Callable[[str], None] | None = None) -> list[Transcription]:
+               overlap_seconds: float = 2.0, batch_size: int = 1) -> list[Transcription]:
     """Transcribe every file of `audio` with the CTC artifact or checkpoint at `source`."""
     _check_options(chunk_seconds, overlap_seconds, batch_size)
-    with Transcriber(source, log=log) as transcriber:
+    with Transcriber(source) as transcriber:
         for path in audio:  # every file is checked before the first one is run
             transcriber.open(path).close()
         return [transcriber.transcribe(p, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
@@ -332,12 +332,9 @@ def transcribe_parser() -> argparse.ArgumentParser:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
-    from hubert_export.build import Progress
-
     overlap = min(2.0, args.chunk_seconds / 4) if args.overlap_seconds is None else args.overlap_seconds
     results = transcribe(args.model, args.audio, chunk_seconds=args.chunk_seconds,
-                         overlap_seconds=overlap, batch_size=args.batch_size,
-                         log=Progress(enabled=not args.quiet))
+                         overlap_seconds=overlap, batch_size=args.batch_size)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     else:

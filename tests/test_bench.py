@@ -41,7 +41,7 @@ def results(onnx_artifact, ctc_checkpoint):
     try:
         # 0.02 s = 320 samples is below the artifact's minimum (400): skipped there, measured on eager.
         return run_benchmark(subjects, lengths=(0.02, 0.1), batches=(1, 2), repeats=2, warmup=0, threads=1,
-                             baseline="eager", memory=True, ceiling_size=128, progress=lambda _: None)
+                             baseline="eager", memory=True, ceiling_size=128)
     finally:
         torch.set_num_threads(threads)
 

@@ -111,7 +111,7 @@ def long_file(clips, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ctc_artifact(ctc_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("transcribe-artifacts") / "onnx"
-    result = export_artifact(ctc_model, out, default_recipe("onnx"), progress=lambda _: None)
+    result = export_artifact(ctc_model, out, default_recipe("onnx"))
     assert result.passed, result.report.failures
     return out
 
