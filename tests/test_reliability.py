@@ -39,7 +39,7 @@ from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertForCTC
 from hubert_export.model.weights import checkpoint_weight_files, read_torch_bin
 from hubert_export.recipes import default_recipe, load_recipe, recipe_from_dict
-from hubert_export.transcribe import AudioStream
+from hubert_export.audio import AudioStream
 
 PACKAGE = Path(__file__).parents[1] / "hubert_export"
 VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H"]  # the tiny model's 12 ids

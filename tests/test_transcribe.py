@@ -30,7 +30,8 @@ from hubert_export.metrics import character_error_rate
 from hubert_export.model import HubertConfig
 from hubert_export.parity import _speech_like
 from hubert_export.recipes import default_recipe
-from hubert_export.transcribe import AudioStream, Transcriber, transcribe
+from hubert_export.audio import AudioStream
+from hubert_export.transcribe import Transcriber, transcribe
 
 from .conftest import TINY_BASE
 
