@@ -179,9 +179,9 @@ def _batch(name: str, waveforms: list[np.ndarray], fe: FeatureExtractorConfig, w
     return ParityCase(name, inputs, [len(w) for w in waveforms], texts)
 
 
-def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool, max_samples: int | None = None,
-                  speech_dir: Path | None = None) -> list[ParityCase]:
-    """Deterministic inputs: several lengths (batch 1) and a padded batch of 3; plus shipped speech."""
+def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool,
+                  max_samples: int | None = None) -> list[ParityCase]:
+    """Deterministic inputs: several lengths (batch 1) and a padded batch of 3."""
     rng = np.random.default_rng(20241125)
     cases = []
     for n in BUILTIN_LENGTHS:
@@ -190,8 +190,6 @@ def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool, max_sam
     lengths = [n for n in BUILTIN_PADDED_BATCH if max_samples is None or n <= max_samples]
     cases.append(_batch(f"b3-padded-{'-'.join(map(str, lengths))}",
                         [_speech_like(rng, n) for n in lengths], fe, with_attention_mask))
-    if speech_dir is not None and speech_dir.is_dir():
-        cases += data_cases(speech_dir, fe, with_attention_mask, max_samples=max_samples, limit=6)
     return cases
 
 

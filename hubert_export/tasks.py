@@ -24,8 +24,7 @@ from torch import nn
 from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertConfig, HubertForCTC, HubertForSequenceClassification, HubertModel
 
-# 18: the oldest opset torch's dynamo exporter writes and the newest that ONNX Runtime, OpenVINO and
-# TensorRT all read with LayerNormalization.
+# 18: the oldest opset the exporter writes (recipes accept 18..21: 21 is the newest every back end reads).
 DEFAULT_OPSET = 18
 TASK_NAMES: tuple[str, ...] = ("feature-extraction", "ctc", "sequence-classification")
 
