@@ -42,6 +42,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from hubert_export.audio import MIN_SAMPLES
 from hubert_export.errors import HubertExportError
 
 TargetName = Literal["onnx", "openvino", "tensorrt"]
@@ -61,10 +62,8 @@ DEFAULT_PRECISION: dict[str, str] = {"onnx": "fp32", "openvino": "fp32", "tensor
 
 # 18: the oldest opset torch's dynamo exporter writes; 21: the newest every back end here reads.
 OPSET_RANGE: tuple[int, int] = (18, 21)
+DEFAULT_OPSET = OPSET_RANGE[0]
 SAMPLE_RATE = 16_000
-# HuBERT's convolutional feature encoder has a receptive field of 400 samples (25 ms): shorter
-# input produces zero frames and the model fails.
-MIN_SAMPLES = 400
 
 # TensorRT layers pinned to FP32 unless a recipe says otherwise, matched with `re.search` against
 # layer names (the ONNX node names, "/model/hubert/encoder/layers.3/layer_norm/LayerNormalization").
@@ -243,7 +242,7 @@ DEFAULT_SHAPE_RANGE = ShapeRange(
 @with_config(_FORBID_EXTRA)
 @dataclass(frozen=True)
 class ExportOptions:
-    opset: Opset = 18
+    opset: Opset = DEFAULT_OPSET
     output_hidden_states: StrictBool = False
     # "auto": export an attention_mask input only when the checkpoint's feature extractor returns
     # one (HuBERT-large/xlarge do; HuBERT-base, trained without padding masks, does not).

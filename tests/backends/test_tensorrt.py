@@ -219,7 +219,7 @@ def trt_engine_artifact(ctc_checkpoint, tmp_path_factory):
     recipe = default_recipe("tensorrt").with_overrides(**{
         "shapes.max.batch": 4, "shapes.max.samples": 64_000, "shapes.opt.samples": 16_000,
         "tensorrt.timing_cache": str(out.parent / "timing.cache"), "tensorrt.workspace_gb": 1})
-    result = export_artifact(ctc_checkpoint, out, recipe, progress=lambda _: None)
+    result = export_artifact(ctc_checkpoint, out, recipe)
     return result, recipe
 
 
@@ -239,7 +239,7 @@ def test_engine_runner_refuses_inputs_outside_the_profile(trt_engine_artifact):
     from hubert_export.artifact import Artifact
 
     result, _ = trt_engine_artifact
-    with trt_backend.load(Artifact.open(result.path)) as runner:
+    with trt_backend.TensorRtBackend().load(Artifact.open(result.path)) as runner:
         with pytest.raises(HubertExportError, match="outside this artifact's shape range"):
             runner.infer({"input_values": np.zeros((5, 16_000), dtype=np.float32)})
         out = runner.infer({"input_values": np.zeros((2, 16_000), dtype=np.float32)})
