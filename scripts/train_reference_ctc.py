@@ -165,6 +165,7 @@ def save_fp16(model: HubertForCTC, directory: Path, extra: dict[str, str] | None
     """save_pretrained, then the weights rewritten in FP16 (half the size; they load as FP32)."""
     from safetensors.torch import load_file, save_file
 
+    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     model.save_pretrained(tmp)
     state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(tmp / "model.safetensors").items()}
