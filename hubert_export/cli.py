@@ -20,9 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hubert_export.errors import EXIT_OK, EXIT_PARITY_FAILED, HubertExportError
+from hubert_export.errors import EXIT_INTERNAL, EXIT_OK, EXIT_PARITY_FAILED, HubertExportError, InternalError
 
-EXIT_INTERNAL = 3
 SUBCOMMANDS = ("build", "check", "transcribe", "bench")  # no command: build
 
 
@@ -357,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     except HubertExportError as exc:
         if args.debug:
             raise
-        print(f"hubert-export: error: {exc}", file=sys.stderr)
+        kind = "internal error" if isinstance(exc, InternalError) else "error"
+        print(f"hubert-export: {kind}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("hubert-export: interrupted (nothing was left half-written)", file=sys.stderr)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hubert_export.errors import EXIT_PARITY_FAILED, HubertExportError
+from hubert_export.errors import EXIT_PARITY_FAILED, HubertExportError, InternalError
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def run_passes(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
         extra = f", {fused} fusion{'s' * (fused != 1)}" if name in fusion_counts(model) else ""
         logger.info("pass %s: %d -> %d nodes%s (%.2f s)", name, before, len(model.graph.node), extra, elapsed)
         if _io_signature(model) != signature:
-            raise HubertExportError(
+            raise InternalError(
                 f"graph pass {name} changed the model's inputs or outputs: drop it from the pass list and report the bug"
             )
     return model

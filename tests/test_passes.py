@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hubert_export import HubertExportError, HubertForCTC, HubertModel
 from hubert_export import passes
+from hubert_export.errors import EXIT_INTERNAL, InternalError
 from hubert_export.export import export_onnx
 from hubert_export.tasks import get_task
 
@@ -174,3 +175,32 @@ def test_check_parity_catches_a_broken_graph(exported):
     weight.raw_data = bytes(data)
     with pytest.raises(HubertExportError, match="outputs differ"):
         passes.check_parity(exported, broken, _inputs(exported))
+
+
+def _renames_an_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    old = broken.graph.output[0].name
+    broken.graph.output[0].name = f"{old}_renamed"
+    for node in broken.graph.node:
+        node.output[:] = [f"{old}_renamed" if o == old else o for o in node.output]
+    return broken
+
+
+def test_a_pass_that_breaks_the_interface_is_our_bug_exit_3(exported, monkeypatch):
+    monkeypatch.setitem(passes.PASSES, "fold_constants", _renames_an_output)
+    with pytest.raises(InternalError, match="changed the model's inputs or outputs.*report the bug") as info:
+        passes.run_passes(exported, ["fold_constants"])
+    assert info.value.exit_code == EXIT_INTERNAL == 3
+
+
+def test_cli_exits_3_on_an_internal_error(ctc_checkpoint, tmp_path, monkeypatch, capsys):
+    from hubert_export import cli
+
+    monkeypatch.setitem(passes.PASSES, "fold_constants", _renames_an_output)  # what openvino's build runs
+    output = tmp_path / "out"
+    code = cli.main(["--target", "openvino", "--model", str(ctc_checkpoint), "--output", str(output), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.startswith("hubert-export: internal error: graph pass fold_constants") and err.count("\n") == 1
+    assert not output.exists()

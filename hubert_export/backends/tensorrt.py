@@ -40,7 +40,7 @@ import onnx
 
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
-from hubert_export.errors import HubertExportError
+from hubert_export.errors import HubertExportError, InternalError
 from hubert_export.export import save_onnx
 from hubert_export.passes import PORTABLE_PASSES
 from hubert_export.precision import compile_patterns, matches, module_scope
@@ -357,8 +357,9 @@ def build_engine(inputs: BuildInputs) -> BackendBuild:
     log.info(f"building the TensorRT engine ({env['gpu']}, timing cache {cache_path})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise HubertExportError("TensorRT could not build an engine (see its messages above): try a larger "
-                                "tensorrt.workspace_gb, a smaller --max-shape, or fewer fp32_layers")
+        # The graph parsed and every node is in the parser's table: a failure here is ours to fix (exit 3).
+        raise InternalError("TensorRT could not build an engine from a graph it parsed (see its messages above): "
+                            "try a larger tensorrt.workspace_gb or a smaller --max-shape, and report the bug")
     (inputs.out_dir / MODEL_NAME).write_bytes(bytes(serialized))
     _save_timing_cache(config.get_timing_cache(), cache_path)
     ranges = shape_ranges(recipe.shapes)
