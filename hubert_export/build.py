@@ -221,7 +221,7 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
     from hubert_export.tokenizer import CTCTokenizer
 
     shape_range = recipe.shapes.range
-    cases = builtin_cases(fe, with_mask, max_samples=shape_range.max.samples)
+    cases = builtin_cases(fe, with_mask, shape_range)
     if data_dir is not None:
         cases += data_cases(data_dir, fe, with_mask, max_samples=shape_range.max.samples, options=corpus_options)
     cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]

@@ -34,6 +34,7 @@ from hubert_export.audio import FeatureExtractorConfig, prepare_batch
 from hubert_export.corpus import CorpusOptions, read_corpus
 from hubert_export.metrics import character_error_rate, edit_distance, reference_report, text_normalizer, word_error_rate
 from hubert_export.model import HubertConfig
+from hubert_export.recipes import ShapeRange
 from hubert_export.runner import Runner
 from hubert_export.tasks import DEFAULT_THRESHOLDS
 
@@ -194,17 +195,50 @@ def _batch(name: str, waveforms: list[np.ndarray], fe: FeatureExtractorConfig, w
 
 
 def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool,
-                  max_samples: int | None = None) -> list[ParityCase]:
-    """Deterministic inputs: several lengths (batch 1) and a padded batch of 3."""
+                  shape_range: ShapeRange | None = None) -> list[ParityCase]:
+    """Deterministic inputs sized to the deployment's shape range (default: batch 1..3, any length):
+
+      b1-N                 batch 1 at the BUILTIN_LENGTHS inside the range (the longest allowed
+                           length when none is)
+      bB-padded-N1-N2-...  a batch of B = min(3, max batch) at distinct lengths inside the range:
+                           padding and the attention mask, the path users get wrong most often
+      b1-leading-zeros-N,  for batch-1 deployments, which never pad across a batch: one utterance
+      b1-trailing-zeros-N  with a quarter of silence before it, one with it after (a caller padding
+                           a short chunk to a fixed length)
+    """
+    min_batch, max_batch = (shape_range.min.batch, shape_range.max.batch) if shape_range else (1, 3)
+    low, high = (shape_range.min.samples, shape_range.max.samples) if shape_range else (1, 1 << 62)
     rng = np.random.default_rng(20241125)
     cases = []
-    for n in BUILTIN_LENGTHS:
-        if max_samples is None or n <= max_samples:
+    if min_batch <= 1:
+        for n in [n for n in BUILTIN_LENGTHS if low <= n <= high] or [high]:
             cases.append(_batch(f"b1-{n}", [_speech_like(rng, n)], fe, with_attention_mask))
-    lengths = [n for n in BUILTIN_PADDED_BATCH if max_samples is None or n <= max_samples]
-    cases.append(_batch(f"b3-padded-{'-'.join(map(str, lengths))}",
-                        [_speech_like(rng, n) for n in lengths], fe, with_attention_mask))
+    batch = max(min_batch, min(3, max_batch))
+    if batch >= 2:
+        lengths = padded_lengths(batch, low, high)
+        cases.append(_batch(f"b{batch}-padded-{'-'.join(map(str, lengths))}",
+                            [_speech_like(rng, n) for n in lengths], fe, with_attention_mask))
+    else:
+        total = max(low, min(high, BUILTIN_PADDED_BATCH[0]))
+        silence = np.zeros(total // 4, dtype=np.float32)
+        speech = _speech_like(rng, total - len(silence))
+        cases.append(_batch(f"b1-leading-zeros-{total}", [np.concatenate([silence, speech])], fe,
+                            with_attention_mask))
+        cases.append(_batch(f"b1-trailing-zeros-{total}", [np.concatenate([speech, silence])], fe,
+                            with_attention_mask))
     return cases
+
+
+def padded_lengths(batch: int, low: int, high: int) -> list[int]:
+    """`batch` lengths inside [low, high], distinct whenever the range allows: BUILTIN_PADDED_BATCH's
+    where they fit (lengths off the 320-sample frame grid), then the range's ends and middle."""
+    lengths = [n for n in BUILTIN_PADDED_BATCH if low <= n <= high][:batch]
+    for n in (high, low, (low + high) // 2, (low + 2 * high) // 3, (2 * low + high) // 3):
+        if len(lengths) == batch:
+            break
+        if n not in lengths:
+            lengths.append(n)
+    return lengths + [high] * (batch - len(lengths))  # only when low == high: no padding can occur
 
 
 def shape_case(fe: FeatureExtractorConfig, with_attention_mask: bool, batch: int, samples: int) -> ParityCase:
