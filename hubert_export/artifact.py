@@ -22,12 +22,15 @@ manifest.json keys:
                        dynamic_axes: {tensor name: {axis index: symbolic name}}};
                        shapes use symbolic names for dynamic axes, e.g. ["batch", "samples"]
     shape_range       {min, opt, max}: each {batch, samples}, the inputs the artifact accepts
-    files             {relative name: {sha256, bytes}} of every file except manifest.json,
-                       written by write_manifest() and checked by Artifact.verify_files()
+    files             {relative name: {sha256, bytes}} of every file except manifest.json (the
+                       model files, copied metadata, parity.json/parity.md, golden.npz), written
+                       by write_manifest() as the build's last step and checked by
+                       Artifact.verify_files(); `check` writes nothing into an artifact
     backend           the back end's own section, as returned by its build(); its `files` (a list
                       of relative names) names the model files; `graph_passes` lists the passes
                       run on the export before the build (the back end's graph_passes(recipe))
-    parity            results of the last `check` (Artifact.update_manifest("parity", ...))
+    parity            the build's parity results (verdict, worst metrics, latency)
+    golden            the stored golden outputs (hubert_export.golden), or why they were not stored
 """
 
 from __future__ import annotations

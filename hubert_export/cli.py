@@ -2,6 +2,7 @@
 
     hubert-export --target onnx|openvino|tensorrt [--model DIR] [--output DIR] ...   build an artifact
     hubert-export check ARTIFACT_DIR [--data DIR] [--reference DIR] [--junit FILE]    the CI gate
+    hubert-export check ARTIFACT_DIR --golden                                         the same, no torch
     hubert-export transcribe ARTIFACT_OR_CHECKPOINT AUDIO...                          speech to text
     hubert-export bench ARTIFACT_DIR... [--lengths 1,5,10] [--batch 1,4]              latency and memory
 
@@ -160,10 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
 def check_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubert-export check", parents=[_latency_parent(), _common_parent()],
-        description="Re-run an artifact's parity check against its source checkpoint. Exit 0 when every "
-                    "threshold holds, 1 when one fails, 2 on bad input: the CI accuracy gate.",
+        description="Re-run an artifact's parity check against its source checkpoint (or, with --golden, against "
+                    "the reference outputs stored at build time). Exit 0 when every threshold holds, 1 when one "
+                    "fails, 2 on bad input, 3 on an internal error: the CI accuracy gate. The artifact is only "
+                    "read; the reports go to --report-dir.",
     )
     parser.add_argument("artifact", type=Path, help="artifact directory written by hubert-export")
+    parser.add_argument("--golden", action="store_true",
+                        help="compare with the eager outputs stored in the artifact at build time: needs neither "
+                             "torch nor the checkpoint, only the back end's runtime (for the deployment target)")
+    parser.add_argument("--report-dir", type=Path, metavar="DIR",
+                        help="write parity.json and parity.md here (default: a new temporary directory, printed)")
     parser.add_argument("--data", type=Path, metavar="CORPUS",
                         help="also check on these recordings (a folder, a CSV/TSV/JSONL manifest or a datasets folder)")
     parser.add_argument("--reference", type=Path, metavar="CHECKPOINT_DIR",
@@ -265,11 +273,25 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from hubert_export.build import check_artifact
+    if args.golden:
+        given = [flag for flag, value in (("--data", args.data), ("--reference", args.reference)) if value]
+        if given:
+            raise HubertExportError(f"check --golden runs the cases stored at build time and needs no checkpoint: "
+                                    f"drop {' and '.join(given)}, or drop --golden for the full check")
+        from hubert_export.golden import check_golden  # torch-free: what a deployment target has
 
-    report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
-                            latency_repeats=args.latency_repeats,
-                            corpus_options=_corpus_options(args), normalize=args.normalize)
+        report = check_golden(args.artifact, junit=args.junit, latency_repeats=args.latency_repeats)
+    else:
+        from hubert_export.build import check_artifact
+
+        report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
+                                latency_repeats=args.latency_repeats,
+                                corpus_options=_corpus_options(args), normalize=args.normalize)
+    if args.report_dir is None:
+        import tempfile
+
+        args.report_dir = Path(tempfile.mkdtemp(prefix="hubert-export-check-"))
+    report.write(args.report_dir)
     print(f"parity {'PASS' if report.passed else 'FAIL'}: {args.artifact} ({report.target} {report.precision}, "
           f"{len(report.cases)} cases)")
     for failure in report.failures:
@@ -280,6 +302,10 @@ def run_check(args: argparse.Namespace) -> int:
               f"WER {gt['artifact_wer']:.3f} (eager {gt['eager_wer']:.3f}); raw: CER {gt['raw_artifact_cer']:.3f}, "
               f"WER {gt['raw_artifact_wer']:.3f}")
         print(f"normalisation: {report.normalization or 'none (--no-normalize)'}")
+    if report.latency:
+        batch, samples = report.latency["shape"]
+        print(f"latency {report.latency['seconds'] * 1e3:.1f} ms for batch {batch} x {samples / 16000:.1f} s of audio")
+    print(f"reports {args.report_dir / 'parity.json'}, {args.report_dir / 'parity.md'}")
     return EXIT_OK if report.passed else EXIT_PARITY_FAILED
 
 

@@ -33,10 +33,9 @@ import numpy as np
 from hubert_export.audio import FeatureExtractorConfig, prepare_batch
 from hubert_export.corpus import CorpusOptions, read_corpus
 from hubert_export.metrics import character_error_rate, edit_distance, reference_report, text_normalizer, word_error_rate
-from hubert_export.model import HubertConfig
+from hubert_export.model.config import HubertConfig
 from hubert_export.recipes import ShapeRange
 from hubert_export.runner import Runner
-from hubert_export.tasks import DEFAULT_THRESHOLDS
 
 # metric name -> (threshold name, True when larger is better)
 _GATES: dict[str, tuple[str, bool]] = {
@@ -86,6 +85,7 @@ class ParityReport:
     ground_truth: dict[str, float] | None = None
     normalization: str | None = None  # what was done to transcripts before ground_truth's CER/WER
     worst_utterances: list[dict[str, Any]] = field(default_factory=list)
+    latency: dict[str, Any] | None = None  # {seconds, shape}: the median at the opt shape, when measured
 
     @property
     def passed(self) -> bool:
@@ -108,7 +108,8 @@ class ParityReport:
             "passed": self.passed, "target": self.target, "precision": self.precision, "task": self.task,
             "thresholds": self.thresholds, "worst": self.worst(), "failures": self.failures,
             "ground_truth": self.ground_truth, "normalization": self.normalization,
-            "worst_utterances": self.worst_utterances, "cases": [dataclasses.asdict(c) for c in self.cases],
+            "worst_utterances": self.worst_utterances, "latency": self.latency,
+            "cases": [dataclasses.asdict(c) for c in self.cases],
         }
 
     def to_markdown(self) -> str:
@@ -136,6 +137,9 @@ class ParityReport:
                       "| id | cer | wer | reference | artifact |", "| --- | --- | --- | --- | --- |"]
             lines += [f"| {u['id']} | {_fmt(u['cer'])} | {_fmt(u['wer'])} | {_cell(u['reference'])} | "
                       f"{_cell(u['artifact'])} |" for u in self.worst_utterances]
+        if self.latency:
+            batch, samples = self.latency["shape"]
+            lines += ["", f"Latency: {self.latency['seconds'] * 1e3:.1f} ms at batch {batch} x {samples} samples"]
         if self.failures:
             lines += ["", "Failures:"] + [f"- {f}" for f in self.failures]
         return "\n".join(lines) + "\n"
@@ -154,9 +158,12 @@ class ParityReport:
     def _case_failures(self, case: CaseResult) -> list[str]:
         return [f for f in self.failures if f.startswith(f"{case.name}:")]
 
-    def write(self, directory: Path) -> None:
+    def write(self, directory: Path) -> list[Path]:
+        """Write parity.json and parity.md into `directory` (created if needed); returns their paths."""
+        directory.mkdir(parents=True, exist_ok=True)
         (directory / "parity.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         (directory / "parity.md").write_text(self.to_markdown())
+        return [directory / "parity.json", directory / "parity.md"]
 
 
 def _fmt(value: float) -> str:
@@ -170,8 +177,11 @@ def _cell(text: str) -> str:
 
 
 def thresholds_for(precision: str, overrides: dict[str, float] | None = None,
-                   defaults: dict[str, dict[str, float]] = DEFAULT_THRESHOLDS) -> dict[str, float]:
-    """The gates for `precision`: a family's defaults (`ModelFamily.thresholds`), then a recipe's overrides."""
+                   defaults: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """The gates for `precision`: a family's defaults (`ModelFamily.thresholds`; default: tasks.py's
+    DEFAULT_THRESHOLDS), then a recipe's overrides."""
+    if defaults is None:
+        from hubert_export.tasks import DEFAULT_THRESHOLDS as defaults  # torch: only when asked
     return {**defaults[precision], **(overrides or {})}
 
 
