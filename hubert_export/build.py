@@ -275,8 +275,7 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
         opt = shape_range.opt
         if latency_repeats > 0:
             log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
-            report.latency = {"seconds": median_latency(candidate, candidate.input_names, opt.batch, opt.samples,
-                                                        latency_repeats), "shape": [opt.batch, opt.samples]}
+            report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples, latency_repeats)
     return _Verification(report, cases, reference, thresholds)
 
 
@@ -285,6 +284,7 @@ def _parity_summary(report: ParityReport) -> dict[str, Any]:
     return {"passed": report.passed, "thresholds": report.thresholds, "worst": report.worst(),
             "failures": report.failures, "cases": len(report.cases), "ground_truth": report.ground_truth,
             "latency_seconds": latency.get("seconds"), "latency_shape": latency.get("shape"),
+            "latency_compute_seconds": latency.get("compute_seconds"),
             "checked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -210,8 +210,7 @@ def check_golden(artifact_dir: str | Path, *, junit: str | Path | None = None,
         if latency_repeats > 0:
             opt = shape_range.opt
             log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
-            report.latency = {"seconds": median_latency(candidate, candidate.input_names, opt.batch, opt.samples,
-                                                        latency_repeats), "shape": [opt.batch, opt.samples]}
+            report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples, latency_repeats)
     if junit:
         Path(junit).write_text(report.to_junit())
     return report

@@ -85,7 +85,7 @@ class ParityReport:
     ground_truth: dict[str, float] | None = None
     normalization: str | None = None  # what was done to transcripts before ground_truth's CER/WER
     worst_utterances: list[dict[str, Any]] = field(default_factory=list)
-    latency: dict[str, Any] | None = None  # {seconds, shape}: the median at the opt shape, when measured
+    latency: dict[str, Any] | None = None  # runner.median_latency at the opt shape, when measured
 
     @property
     def passed(self) -> bool:
@@ -139,7 +139,9 @@ class ParityReport:
                       f"{_cell(u['artifact'])} |" for u in self.worst_utterances]
         if self.latency:
             batch, samples = self.latency["shape"]
-            lines += ["", f"Latency: {self.latency['seconds'] * 1e3:.1f} ms at batch {batch} x {samples} samples"]
+            compute = self.latency.get("compute_seconds")
+            lines += ["", f"Latency: {self.latency['seconds'] * 1e3:.1f} ms at batch {batch} x {samples} samples"
+                      + (f" ({compute * 1e3:.1f} ms without host-device copies)" if compute is not None else "")]
         if self.failures:
             lines += ["", "Failures:"] + [f"- {f}" for f in self.failures]
         return "\n".join(lines) + "\n"

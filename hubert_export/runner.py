@@ -131,8 +131,11 @@ class EagerRunner(Runner):
         self.module = None
 
 
-def median_latency(runner: Runner, input_names: list[str], batch: int, samples: int, repeats: int = 3) -> float:
-    """Median wall time of `repeats` calls of `runner` on a deterministic batch x samples input."""
+def median_latency(runner: Runner, input_names: list[str], batch: int, samples: int,
+                   repeats: int = 3) -> dict[str, Any]:
+    """{seconds, shape, compute_seconds}: the median wall time of `repeats` calls of `runner` on a
+    deterministic batch x samples input and, for runners that time the device alone (TensorRT's
+    `last_timing`), the median without the host<->device copies (None otherwise)."""
     rng = np.random.default_rng(0)
     inputs = {"input_values": rng.standard_normal((batch, samples)).astype(np.float32)}
     if "attention_mask" in input_names:
@@ -140,12 +143,16 @@ def median_latency(runner: Runner, input_names: list[str], batch: int, samples: 
     # The parity cases warmed the runner up, but its first calls at a new, longer shape are still
     # slow (hubert-base on ONNX Runtime: 0.99 s, 0.93 s, then 0.78 s).
     runner.infer(inputs)
-    times = []
+    times, compute = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         runner.infer(inputs)
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        timing = getattr(runner, "last_timing", None)
+        if timing and "compute" in timing:
+            compute.append(timing["compute"])
+    return {"seconds": float(np.median(times)), "shape": [batch, samples],
+            "compute_seconds": float(np.median(compute)) if compute else None}
 
 
 def check_inputs(inputs: dict[str, np.ndarray], input_names: list[str], shape_range: Any | None) -> None:

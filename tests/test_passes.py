@@ -204,3 +204,42 @@ def test_cli_exits_3_on_an_internal_error(ctc_checkpoint, tmp_path, monkeypatch,
     assert code == 3
     assert err.startswith("hubert-export: internal error: graph pass fold_constants") and err.count("\n") == 1
     assert not output.exists()
+
+
+def test_fp16_with_fp32_islands_on_a_small_graph():
+    """x -> Unsqueeze -> pinned MatMul (FP32 weight) -> Add (a fill beyond half's range) -> MatMul -> y."""
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((8, 8)).astype(np.float32) * 1e-3 + 1.0  # would round in half
+    w1 = rng.standard_normal((8, 4)).astype(np.float32)
+    fill = np.full((8,), -3.4e38, dtype=np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"], name="/model/Unsqueeze"),
+             helper.make_node("MatMul", ["u", "w0"], ["h"], name="/model/first/MatMul"),
+             helper.make_node("Max", ["h", "fill"], ["m"], name="/model/clamp/Max"),
+             helper.make_node("MatMul", ["m", "w1"], ["y"], name="/model/last/MatMul")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", 4])],
+        [numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"), numpy_helper.from_array(w0, "w0"),
+         numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(fill, "fill")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    half = passes.fp16_with_fp32_islands(model, ["/model/first/MatMul"])
+    onnx.checker.check_model(half, full_check=True)
+    assert passes._io_signature(half) == passes._io_signature(model)
+    by_name = {n.name: n for n in half.graph.node}
+    weights = {t.name: t for t in half.graph.initializer}
+    first = by_name["/model/first/MatMul"]
+    assert list(first.input) == ["u", "w0"] and weights["w0"].data_type == TensorProto.FLOAT  # untouched, no Cast
+    assert by_name["/model/Unsqueeze"].input[0] == "x"  # the input path stays FP32
+    last = by_name["/model/last/MatMul"]
+    assert weights[last.input[1]].data_type == TensorProto.FLOAT16
+    clamp = by_name["/model/clamp/Max"]
+    fill16 = numpy_helper.to_array(weights[clamp.input[1]])
+    assert fill16.dtype == np.float16 and np.isfinite(fill16).all() and fill16[0] == -65504
+    cast = next(n for n in half.graph.node if n.op_type == "Cast" and list(n.input) == ["h"])
+    assert cast.output[0] == clamp.input[0] and cast.name.startswith("/model/clamp/")  # the island's output, cast down
+    assert [n.op_type for n in half.graph.node][-1] == "Cast"  # the FP32 output
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    expected = passes._run_ort(model, {"x": x})["y"]
+    actual = passes._run_ort(half, {"x": x})["y"]
+    assert actual.dtype == np.float32
+    np.testing.assert_allclose(actual, expected, rtol=2e-2, atol=2e-2)

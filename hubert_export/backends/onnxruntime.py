@@ -75,11 +75,13 @@ class OnnxRuntimeBackend(Backend):
                     "ONNX Runtime FP16 needs the CUDA execution provider (onnxruntime-gpu and an NVIDIA GPU), "
                     "which this machine lacks: use --precision fp32 or int8, or --target tensorrt on a GPU machine"
                 )
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+            from hubert_export.backends.tensorrt import fp16_policy_graph
 
-            model = convert_float_to_float16(inputs.graph.model(), keep_io_types=True)
+            # The graph TensorRT builds: half, with the FP16 policy's layers (tensorrt.fp32_layers) in FP32.
+            model, pinned = fp16_policy_graph(inputs.graph.model(), inputs.recipe.tensorrt.fp32_layers)
             onnx.save(model, str(target))
             section["providers"] = ["CUDAExecutionProvider"]
+            section["fp32_layer_count"] = len(pinned)
         return BackendBuild(section, digests)
 
     def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
