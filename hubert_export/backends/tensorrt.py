@@ -116,8 +116,10 @@ def _missing_requirement() -> str | None:
     except ImportError:
         return "no cuda-python package (pip install 'hubert-export[tensorrt]' on a GPU machine)"
     error, count = cudart.cudaGetDeviceCount()
-    if error != cudart.cudaError_t.cudaSuccess or count == 0:
-        return f"no CUDA GPU visible (cudaGetDeviceCount: {getattr(error, 'name', error)}, {count if not error else 0} devices)"
+    if error != cudart.cudaError_t.cudaSuccess:
+        return f"no usable CUDA GPU (cudaGetDeviceCount: {getattr(error, 'name', error)})"
+    if count == 0:
+        return "no CUDA GPU visible (cudaGetDeviceCount: 0 devices)"
     return None
 
 
