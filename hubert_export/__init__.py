@@ -1,15 +1,21 @@
-"""hubert-export: HuBERT checkpoints in, verified ONNX Runtime / OpenVINO / TensorRT artifacts out."""
+"""hubert-export: HuBERT checkpoints in, verified ONNX Runtime / OpenVINO / TensorRT artifacts out.
+
+The model classes are imported on first use (module `__getattr__`), so that the modules a
+deployment target needs (`check --golden`: the artifact, the parity comparison, a back end's
+runtime) import without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from hubert_export.errors import HubertExportError
-from hubert_export.model import (
-    HubertConfig,
-    HubertForCTC,
-    HubertForSequenceClassification,
-    HubertModel,
-    HubertPreTrainedModel,
-)
 
 __version__ = "0.1.0"
+
+_LAZY = {name: "hubert_export.model" for name in (
+    "HubertConfig", "HubertForCTC", "HubertForSequenceClassification", "HubertModel", "HubertPreTrainedModel")}
 
 __all__ = [
     "HubertConfig",
@@ -20,3 +26,9 @@ __all__ = [
     "HubertPreTrainedModel",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hubert_export' has no attribute {name!r}")

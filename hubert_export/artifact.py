@@ -22,20 +22,21 @@ manifest.json keys:
                        dynamic_axes: {tensor name: {axis index: symbolic name}}};
                        shapes use symbolic names for dynamic axes, e.g. ["batch", "samples"]
     shape_range       {min, opt, max}: each {batch, samples}, the inputs the artifact accepts
-    files             {relative name: {sha256, bytes}} of every file except manifest.json,
-                       written by write_manifest() and checked by Artifact.verify_files()
+    files             {relative name: {sha256, bytes}} of every file except manifest.json (the
+                       model files, copied metadata, parity.json/parity.md, golden.npz), written
+                       by write_manifest() as the build's last step and checked by
+                       Artifact.verify_files(); `check` writes nothing into an artifact
     backend           the back end's own section, as returned by its build(); its `files` (a list
                       of relative names) names the model files; `graph_passes` lists the passes
                       run on the export before the build (the back end's graph_passes(recipe))
-    parity            results of the last `check` (Artifact.update_manifest("parity", ...))
+    parity            the build's parity results (verdict, worst metrics, latency)
+    golden            the stored golden outputs (hubert_export.golden), or why they were not stored
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import errno
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -49,6 +50,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+import filelock
 
 from hubert_export.errors import HubertExportError
 
@@ -221,66 +224,46 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _BuildLock:
-    """An exclusive, non-blocking flock on `.{name}.lock` beside the output directory."""
+    """An exclusive, non-blocking lock on `.{name}.lock` beside the output directory (filelock:
+    flock on POSIX, msvcrt on Windows, where a module-level `import fcntl` would fail)."""
 
     def __init__(self, lock_path: Path, out_dir: Path) -> None:
         self.lock_path = lock_path
         self.out_dir = out_dir
-        self.fd: int | None = None
+        self.lock = filelock.FileLock(lock_path, timeout=0)
 
     def acquire(self) -> None:
-        # The holder unlinks the lock file when done; a process that opened the old file just
-        # before may then lock an orphaned inode. Retrying until the locked file is the one at
-        # lock_path keeps two builds from both thinking they hold the lock.
-        for _ in range(100):
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise HubertExportError(f"cannot create the lock file {self.lock_path} ({exc.strerror}): "
-                                        f"check that {self.lock_path.parent} is writable") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = self._read_pid(fd)
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise HubertExportError(
-                        f"another hubert-export build is writing {self.out_dir} (lock held by pid "
-                        f"{holder or 'unknown'}): wait for it to finish or choose another --output"
-                    ) from None
-                raise HubertExportError(f"cannot lock {self.lock_path} ({exc.strerror}): "
-                                        f"choose an --output on a local file system") from None
-            try:
-                same_file = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same_file = False
-            if same_file:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self.fd = fd
-                return
-            os.close(fd)
-        raise HubertExportError(f"cannot take the build lock {self.lock_path}: other builds keep "
-                                f"replacing it; wait for them to finish or choose another --output")
-
-    @staticmethod
-    def _read_pid(fd: int) -> str:
         try:
-            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            self.lock.acquire()
+        except filelock.Timeout:
+            raise HubertExportError(
+                f"another hubert-export build is writing {self.out_dir} (lock held by pid "
+                f"{self._holder() or 'unknown'}): wait for it to finish or choose another --output"
+            ) from None
+        except OSError as exc:
+            raise HubertExportError(f"cannot lock {self.lock_path} ({exc.strerror}): check that "
+                                    f"{self.lock_path.parent} is writable and on a local file system") from None
+
+    def _holder(self) -> str | None:
+        """The pid of the build holding the lock, read from its temporary directory's name (a build
+        makes one right after taking the lock), so the lock file needs no content."""
+        pattern = re.compile(rf"^\.{re.escape(self.out_dir.name)}\.tmp-(\d+)-[0-9a-f]+$")
+        try:
+            pids = [m.group(1) for e in self.out_dir.parent.iterdir() if (m := pattern.match(e.name))]
         except OSError:
-            return ""
-        return text if text.isdigit() else ""
+            return None
+        return next((pid for pid in pids if _pid_alive(int(pid))), None)
 
     def release(self) -> None:
-        if self.fd is None:
+        if not self.lock.is_locked:
             return
-        # Unlink while still holding the lock, so nobody can lock this file after we let go.
+        # Unlinked while still held, so that no lock file is left beside the artifact; filelock (>= 4.3)
+        # refuses a lock on an inode unlinked meanwhile, so two builds cannot both hold it.
         try:
             os.unlink(self.lock_path)
-        except FileNotFoundError:
+        except OSError:  # already gone, or Windows, which keeps a locked file until it is closed
             pass
-        os.close(self.fd)
-        self.fd = None
+        self.lock.release()
 
 
 def _clean_stale(parent: Path, name: str, out_dir: Path) -> None:

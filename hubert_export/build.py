@@ -3,13 +3,17 @@
     export_artifact(model_dir, output, recipe)  checkpoint -> ONNX -> passes -> back end -> parity
     check_artifact(artifact_dir)                re-run the parity gate against the source checkpoint
 
-Both are what the CLI calls; both read and write only the artifact's manifest and reports.
+Both are what the CLI calls. A build is the only writer of an artifact: its parity reports and
+golden outputs are written before the manifest's hash table, so every file but manifest.json is
+hashed. `check_artifact` (and `golden.check_golden`, its torch-free twin) writes nothing into
+the artifact: reports go to the `report_dir` the caller names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +31,11 @@ from hubert_export.errors import HubertExportError
 from hubert_export.hub import resolve_model
 from hubert_export.model import HubertConfig
 from hubert_export.model.weights import load_checkpoint_state
-from hubert_export.parity import ParityReport, builtin_cases, data_cases, run_parity, shape_case, thresholds_for
+from hubert_export.golden import RecordingRunner, write_golden
+from hubert_export.parity import (ParityCase, ParityReport, builtin_cases, data_cases, run_parity, shape_case,
+                                  thresholds_for)
 from hubert_export.recipes import Recipe, ShapeRange
-from hubert_export.runner import EagerRunner
+from hubert_export.runner import EagerRunner, Runner, median_latency
 from hubert_export.tasks import TaskSpec, family_of
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -38,6 +44,11 @@ BUILTIN_CALIBRATION_DIR = DATA_DIR / "calibration"
 EXPORT_NAME = "export.onnx"  # after the back end's graph passes: what its build starts from
 
 log = logging.getLogger(__name__)
+
+# A test hook, "STEP:FILE": the build stops at STEP, says so, and waits until FILE exists, so that a
+# test can interrupt (or race) a build that is provably mid-way instead of hoping to catch one.
+HOLD_ENV = "HUBERT_EXPORT_TEST_HOLD"
+HOLD_LIMIT_SECONDS = 600
 
 
 @dataclass
@@ -157,18 +168,25 @@ def export_artifact(
             shape_range=recipe.shapes.range.to_dict(),
             backend=backend_section,
         )
+        # Written twice: the runner reads this one; the last one adds the reports' and golden outputs'
+        # hashes (the model files' digests carried over, not read again).
         artifacts.write_manifest(tmp, manifest, known_sha256=built.file_sha256)
         artifact = artifacts.Artifact.open(tmp)
-        report, latency, shape = _verify(artifact, backend, model, config, task, fe, with_mask, recipe,
-                                         data_dir=Path(data_dir) if data_dir else None,
-                                         latency_repeats=latency_repeats, corpus_options=corpus_options,
-                                         normalize=normalize)
+        hold_at_step("parity")
+        verified = _verify(artifact, backend, model, config, task, fe, with_mask, recipe,
+                           data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
+                           corpus_options=corpus_options, normalize=normalize, record_reference=True)
+        report = verified.report
         report.write(tmp)
-        artifact.update_manifest("parity", _parity_summary(report, latency, shape))
+        manifest["golden"] = write_golden(tmp, verified.cases, verified.reference, verified.thresholds, recipe)
+        manifest["parity"] = _parity_summary(report)
+        artifacts.write_manifest(tmp, manifest, known_sha256={
+            name: entry["sha256"] for name, entry in artifact.manifest["files"].items()})
     final = Path(output)
     size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
     log.info(f"artifact written to {final} ({size / 1e6:.1f} MB), parity {'PASS' if report.passed else 'FAIL'}")
-    return BuildResult(final, size, report, latency, shape)
+    latency = report.latency or {"seconds": None, "shape": [recipe.shapes.opt.batch, recipe.shapes.opt.samples]}
+    return BuildResult(final, size, report, latency["seconds"], latency["shape"])
 
 
 def check_artifact(
@@ -180,8 +198,13 @@ def check_artifact(
     latency_repeats: int = 3,
     corpus_options: CorpusOptions | None = None,
     normalize: bool = True,
+    report_dir: str | Path | None = None,
 ) -> ParityReport:
-    """Re-run an artifact's parity gate against its source checkpoint (the CI accuracy gate)."""
+    """Re-run an artifact's parity gate against its source checkpoint (the CI accuracy gate).
+
+    The artifact is only read (it may sit on a read-only mount): parity.json and parity.md go to
+    `report_dir` when given, JUnit XML to `junit`.
+    """
     artifact = artifacts.Artifact.open(artifact_dir)
     log.info(f"verifying the files of {artifact.path}")
     artifact.verify_files()
@@ -204,24 +227,32 @@ def check_artifact(
     config, task, model = _load_model(model_dir, manifest["task"])
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
-    report, latency, shape = _verify(artifact, get_backend(artifact.target), model, config, task, fe, with_mask,
-                                     recipe, data_dir=Path(data_dir) if data_dir else None,
-                                     latency_repeats=latency_repeats, corpus_options=corpus_options,
-                                     normalize=normalize)
-    report.write(artifact.path)
-    artifact.update_manifest("parity", _parity_summary(report, latency, shape))
+    report = _verify(artifact, get_backend(artifact.target), model, config, task, fe, with_mask, recipe,
+                     data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
+                     corpus_options=corpus_options, normalize=normalize).report
+    if report_dir is not None:
+        report.write(Path(report_dir))
     if junit:
         Path(junit).write_text(report.to_junit())
     return report
 
 
+@dataclass
+class _Verification:
+    report: ParityReport
+    cases: list[ParityCase]
+    reference: Runner  # a RecordingRunner holding the eager outputs when asked for
+    thresholds: dict[str, float]
+
+
 def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: HubertConfig, task: TaskSpec,
             fe: FeatureExtractorConfig, with_mask: bool, recipe: Recipe, *, data_dir: Path | None,
-            latency_repeats: int, corpus_options: CorpusOptions | None = None, normalize: bool = True):
+            latency_repeats: int, corpus_options: CorpusOptions | None = None, normalize: bool = True,
+            record_reference: bool = False) -> _Verification:
     from hubert_export.tokenizer import CTCTokenizer
 
     shape_range = recipe.shapes.range
-    cases = builtin_cases(fe, with_mask, max_samples=shape_range.max.samples)
+    cases = builtin_cases(fe, with_mask, shape_range)
     if data_dir is not None:
         cases += data_cases(data_dir, fe, with_mask, max_samples=shape_range.max.samples, options=corpus_options)
     cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
@@ -231,8 +262,10 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
         cases = [c for c in cases if c.inputs["input_values"].shape == (static.batch, static.samples)]
         cases.append(shape_case(fe, with_mask, static.batch, static.samples))
     tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
-    reference = EagerRunner(model, task, with_attention_mask=with_mask,
-                            output_hidden_states=recipe.export.output_hidden_states)
+    reference: Runner = EagerRunner(model, task, with_attention_mask=with_mask,
+                                    output_hidden_states=recipe.export.output_hidden_states)
+    if record_reference:
+        reference = RecordingRunner(reference)
     thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit(), family_of(config).thresholds)
     log.info(f"parity check: {len(cases)} cases against the eager model")
     with reference, backend.load(artifact) as candidate:
@@ -240,35 +273,30 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
                             precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer,
                             normalize=normalize)
         opt = shape_range.opt
-        latency = None
         if latency_repeats > 0:
             log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
-            latency = _median_latency(candidate, fe, with_mask, opt.batch, opt.samples, latency_repeats)
-    return report, latency, [opt.batch, opt.samples]
+            report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples, latency_repeats)
+    return _Verification(report, cases, reference, thresholds)
 
 
-def _median_latency(runner, fe: FeatureExtractorConfig, with_mask: bool, batch: int, samples: int,
-                    repeats: int = 3) -> float:
-    rng = np.random.default_rng(0)
-    inputs = {"input_values": rng.standard_normal((batch, samples)).astype(np.float32)}
-    if with_mask:
-        inputs["attention_mask"] = np.ones((batch, samples), dtype=np.int64)
-    # The parity cases warmed the runner up, but its first calls at a new, longer shape are still
-    # slow (hubert-base on ONNX Runtime: 0.99 s, 0.93 s, then 0.78 s).
-    runner.infer(inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.infer(inputs)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def _parity_summary(report: ParityReport, latency: float | None, shape: list[int]) -> dict[str, Any]:
+def _parity_summary(report: ParityReport) -> dict[str, Any]:
+    latency = report.latency or {}
     return {"passed": report.passed, "thresholds": report.thresholds, "worst": report.worst(),
             "failures": report.failures, "cases": len(report.cases), "ground_truth": report.ground_truth,
-            "latency_seconds": latency, "latency_shape": shape,
+            "latency_seconds": latency.get("seconds"), "latency_shape": latency.get("shape"),
+            "latency_compute_seconds": latency.get("compute_seconds"),
             "checked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def hold_at_step(step: str) -> None:
+    """Wait here while HUBERT_EXPORT_TEST_HOLD names this step (see HOLD_ENV); a no-op otherwise."""
+    held, _, release = os.environ.get(HOLD_ENV, "").partition(":")
+    if held != step:
+        return
+    log.info(f"holding at step {step} until {release} exists ({HOLD_ENV})")
+    deadline = time.monotonic() + HOLD_LIMIT_SECONDS
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _remove_tree(path: Path) -> None:

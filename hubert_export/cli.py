@@ -2,6 +2,7 @@
 
     hubert-export --target onnx|openvino|tensorrt [--model DIR] [--output DIR] ...   build an artifact
     hubert-export check ARTIFACT_DIR [--data DIR] [--reference DIR] [--junit FILE]    the CI gate
+    hubert-export check ARTIFACT_DIR --golden                                         the same, no torch
     hubert-export transcribe ARTIFACT_OR_CHECKPOINT AUDIO...                          speech to text
     hubert-export bench ARTIFACT_DIR... [--lengths 1,5,10] [--batch 1,4]              latency and memory
 
@@ -20,9 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hubert_export.errors import EXIT_OK, EXIT_PARITY_FAILED, HubertExportError
+from hubert_export.errors import EXIT_INTERNAL, EXIT_OK, EXIT_PARITY_FAILED, HubertExportError, InternalError
 
-EXIT_INTERNAL = 3
 SUBCOMMANDS = ("build", "check", "transcribe", "bench")  # no command: build
 
 
@@ -161,10 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
 def check_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubert-export check", parents=[_latency_parent(), _common_parent()],
-        description="Re-run an artifact's parity check against its source checkpoint. Exit 0 when every "
-                    "threshold holds, 1 when one fails, 2 on bad input: the CI accuracy gate.",
+        description="Re-run an artifact's parity check against its source checkpoint (or, with --golden, against "
+                    "the reference outputs stored at build time). Exit 0 when every threshold holds, 1 when one "
+                    "fails, 2 on bad input, 3 on an internal error: the CI accuracy gate. The artifact is only "
+                    "read; the reports go to --report-dir.",
     )
     parser.add_argument("artifact", type=Path, help="artifact directory written by hubert-export")
+    parser.add_argument("--golden", action="store_true",
+                        help="compare with the eager outputs stored in the artifact at build time: needs neither "
+                             "torch nor the checkpoint, only the back end's runtime (for the deployment target)")
+    parser.add_argument("--report-dir", type=Path, metavar="DIR",
+                        help="write parity.json and parity.md here (default: a new temporary directory, printed)")
     parser.add_argument("--data", type=Path, metavar="CORPUS",
                         help="also check on these recordings (a folder, a CSV/TSV/JSONL manifest or a datasets folder)")
     parser.add_argument("--reference", type=Path, metavar="CHECKPOINT_DIR",
@@ -260,17 +267,33 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"  - {failure}")
     if result.latency_seconds is not None:
         b, s = result.latency_shape
+        compute = (result.report.latency or {}).get("compute_seconds")
         print(f"latency    {result.latency_seconds * 1e3:.1f} ms for batch {b} x {s / 16000:.1f} s of audio "
-              f"(median of {args.latency_repeats})")
+              f"(median of {args.latency_repeats})"
+              + (f", {compute * 1e3:.1f} ms without host-device copies" if compute is not None else ""))
     return EXIT_OK if result.passed else EXIT_PARITY_FAILED
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from hubert_export.build import check_artifact
+    if args.golden:
+        given = [flag for flag, value in (("--data", args.data), ("--reference", args.reference)) if value]
+        if given:
+            raise HubertExportError(f"check --golden runs the cases stored at build time and needs no checkpoint: "
+                                    f"drop {' and '.join(given)}, or drop --golden for the full check")
+        from hubert_export.golden import check_golden  # torch-free: what a deployment target has
 
-    report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
-                            latency_repeats=args.latency_repeats,
-                            corpus_options=_corpus_options(args), normalize=args.normalize)
+        report = check_golden(args.artifact, junit=args.junit, latency_repeats=args.latency_repeats)
+    else:
+        from hubert_export.build import check_artifact
+
+        report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
+                                latency_repeats=args.latency_repeats,
+                                corpus_options=_corpus_options(args), normalize=args.normalize)
+    if args.report_dir is None:
+        import tempfile
+
+        args.report_dir = Path(tempfile.mkdtemp(prefix="hubert-export-check-"))
+    report.write(args.report_dir)
     print(f"parity {'PASS' if report.passed else 'FAIL'}: {args.artifact} ({report.target} {report.precision}, "
           f"{len(report.cases)} cases)")
     for failure in report.failures:
@@ -281,6 +304,12 @@ def run_check(args: argparse.Namespace) -> int:
               f"WER {gt['artifact_wer']:.3f} (eager {gt['eager_wer']:.3f}); raw: CER {gt['raw_artifact_cer']:.3f}, "
               f"WER {gt['raw_artifact_wer']:.3f}")
         print(f"normalisation: {report.normalization or 'none (--no-normalize)'}")
+    if report.latency:
+        batch, samples = report.latency["shape"]
+        compute = report.latency.get("compute_seconds")
+        print(f"latency {report.latency['seconds'] * 1e3:.1f} ms for batch {batch} x {samples / 16000:.1f} s of audio"
+              + (f" ({compute * 1e3:.1f} ms without host-device copies)" if compute is not None else ""))
+    print(f"reports {args.report_dir / 'parity.json'}, {args.report_dir / 'parity.md'}")
     return EXIT_OK if report.passed else EXIT_PARITY_FAILED
 
 
@@ -357,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     except HubertExportError as exc:
         if args.debug:
             raise
-        print(f"hubert-export: error: {exc}", file=sys.stderr)
+        kind = "internal error" if isinstance(exc, InternalError) else "error"
+        print(f"hubert-export: {kind}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("hubert-export: interrupted (nothing was left half-written)", file=sys.stderr)

@@ -8,10 +8,12 @@ names the problem and the fix. The CLI prints that message on one line and exits
 
 from __future__ import annotations
 
-# Exit codes of every command: 0 success, 1 a parity/accuracy threshold failed, 2 bad input.
+# Exit codes of every command: 0 success, 1 a parity/accuracy threshold failed, 2 bad input,
+# 3 an internal error (a bug of ours), 130 interrupted.
 EXIT_OK = 0
 EXIT_PARITY_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
 
 
 class HubertExportError(Exception):
@@ -24,3 +26,10 @@ class HubertExportError(Exception):
         super().__init__(" ".join(str(message).split()))
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+class InternalError(HubertExportError):
+    """A failure that is ours, not the user's (a graph pass that broke the model, an engine build
+    that failed on a valid graph): the same one-line message, exit code 3, and a request to report it."""
+
+    exit_code: int = EXIT_INTERNAL

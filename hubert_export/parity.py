@@ -33,9 +33,9 @@ import numpy as np
 from hubert_export.audio import FeatureExtractorConfig, prepare_batch
 from hubert_export.corpus import CorpusOptions, read_corpus
 from hubert_export.metrics import character_error_rate, edit_distance, reference_report, text_normalizer, word_error_rate
-from hubert_export.model import HubertConfig
+from hubert_export.model.config import HubertConfig
+from hubert_export.recipes import ShapeRange
 from hubert_export.runner import Runner
-from hubert_export.tasks import DEFAULT_THRESHOLDS
 
 # metric name -> (threshold name, True when larger is better)
 _GATES: dict[str, tuple[str, bool]] = {
@@ -85,6 +85,7 @@ class ParityReport:
     ground_truth: dict[str, float] | None = None
     normalization: str | None = None  # what was done to transcripts before ground_truth's CER/WER
     worst_utterances: list[dict[str, Any]] = field(default_factory=list)
+    latency: dict[str, Any] | None = None  # runner.median_latency at the opt shape, when measured
 
     @property
     def passed(self) -> bool:
@@ -107,7 +108,8 @@ class ParityReport:
             "passed": self.passed, "target": self.target, "precision": self.precision, "task": self.task,
             "thresholds": self.thresholds, "worst": self.worst(), "failures": self.failures,
             "ground_truth": self.ground_truth, "normalization": self.normalization,
-            "worst_utterances": self.worst_utterances, "cases": [dataclasses.asdict(c) for c in self.cases],
+            "worst_utterances": self.worst_utterances, "latency": self.latency,
+            "cases": [dataclasses.asdict(c) for c in self.cases],
         }
 
     def to_markdown(self) -> str:
@@ -135,6 +137,11 @@ class ParityReport:
                       "| id | cer | wer | reference | artifact |", "| --- | --- | --- | --- | --- |"]
             lines += [f"| {u['id']} | {_fmt(u['cer'])} | {_fmt(u['wer'])} | {_cell(u['reference'])} | "
                       f"{_cell(u['artifact'])} |" for u in self.worst_utterances]
+        if self.latency:
+            batch, samples = self.latency["shape"]
+            compute = self.latency.get("compute_seconds")
+            lines += ["", f"Latency: {self.latency['seconds'] * 1e3:.1f} ms at batch {batch} x {samples} samples"
+                      + (f" ({compute * 1e3:.1f} ms without host-device copies)" if compute is not None else "")]
         if self.failures:
             lines += ["", "Failures:"] + [f"- {f}" for f in self.failures]
         return "\n".join(lines) + "\n"
@@ -153,9 +160,12 @@ class ParityReport:
     def _case_failures(self, case: CaseResult) -> list[str]:
         return [f for f in self.failures if f.startswith(f"{case.name}:")]
 
-    def write(self, directory: Path) -> None:
+    def write(self, directory: Path) -> list[Path]:
+        """Write parity.json and parity.md into `directory` (created if needed); returns their paths."""
+        directory.mkdir(parents=True, exist_ok=True)
         (directory / "parity.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         (directory / "parity.md").write_text(self.to_markdown())
+        return [directory / "parity.json", directory / "parity.md"]
 
 
 def _fmt(value: float) -> str:
@@ -169,8 +179,11 @@ def _cell(text: str) -> str:
 
 
 def thresholds_for(precision: str, overrides: dict[str, float] | None = None,
-                   defaults: dict[str, dict[str, float]] = DEFAULT_THRESHOLDS) -> dict[str, float]:
-    """The gates for `precision`: a family's defaults (`ModelFamily.thresholds`), then a recipe's overrides."""
+                   defaults: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """The gates for `precision`: a family's defaults (`ModelFamily.thresholds`; default: tasks.py's
+    DEFAULT_THRESHOLDS), then a recipe's overrides."""
+    if defaults is None:
+        from hubert_export.tasks import DEFAULT_THRESHOLDS as defaults  # torch: only when asked
     return {**defaults[precision], **(overrides or {})}
 
 
@@ -194,17 +207,50 @@ def _batch(name: str, waveforms: list[np.ndarray], fe: FeatureExtractorConfig, w
 
 
 def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool,
-                  max_samples: int | None = None) -> list[ParityCase]:
-    """Deterministic inputs: several lengths (batch 1) and a padded batch of 3."""
+                  shape_range: ShapeRange | None = None) -> list[ParityCase]:
+    """Deterministic inputs sized to the deployment's shape range (default: batch 1..3, any length):
+
+      b1-N                 batch 1 at the BUILTIN_LENGTHS inside the range (the longest allowed
+                           length when none is)
+      bB-padded-N1-N2-...  a batch of B = min(3, max batch) at distinct lengths inside the range:
+                           padding and the attention mask, the path users get wrong most often
+      b1-leading-zeros-N,  for batch-1 deployments, which never pad across a batch: one utterance
+      b1-trailing-zeros-N  with a quarter of silence before it, one with it after (a caller padding
+                           a short chunk to a fixed length)
+    """
+    min_batch, max_batch = (shape_range.min.batch, shape_range.max.batch) if shape_range else (1, 3)
+    low, high = (shape_range.min.samples, shape_range.max.samples) if shape_range else (1, 1 << 62)
     rng = np.random.default_rng(20241125)
     cases = []
-    for n in BUILTIN_LENGTHS:
-        if max_samples is None or n <= max_samples:
+    if min_batch <= 1:
+        for n in [n for n in BUILTIN_LENGTHS if low <= n <= high] or [high]:
             cases.append(_batch(f"b1-{n}", [_speech_like(rng, n)], fe, with_attention_mask))
-    lengths = [n for n in BUILTIN_PADDED_BATCH if max_samples is None or n <= max_samples]
-    cases.append(_batch(f"b3-padded-{'-'.join(map(str, lengths))}",
-                        [_speech_like(rng, n) for n in lengths], fe, with_attention_mask))
+    batch = max(min_batch, min(3, max_batch))
+    if batch >= 2:
+        lengths = padded_lengths(batch, low, high)
+        cases.append(_batch(f"b{batch}-padded-{'-'.join(map(str, lengths))}",
+                            [_speech_like(rng, n) for n in lengths], fe, with_attention_mask))
+    else:
+        total = max(low, min(high, BUILTIN_PADDED_BATCH[0]))
+        silence = np.zeros(total // 4, dtype=np.float32)
+        speech = _speech_like(rng, total - len(silence))
+        cases.append(_batch(f"b1-leading-zeros-{total}", [np.concatenate([silence, speech])], fe,
+                            with_attention_mask))
+        cases.append(_batch(f"b1-trailing-zeros-{total}", [np.concatenate([speech, silence])], fe,
+                            with_attention_mask))
     return cases
+
+
+def padded_lengths(batch: int, low: int, high: int) -> list[int]:
+    """`batch` lengths inside [low, high], distinct whenever the range allows: BUILTIN_PADDED_BATCH's
+    where they fit (lengths off the 320-sample frame grid), then the range's ends and middle."""
+    lengths = [n for n in BUILTIN_PADDED_BATCH if low <= n <= high][:batch]
+    for n in (high, low, (low + high) // 2, (low + 2 * high) // 3, (2 * low + high) // 3):
+        if len(lengths) == batch:
+            break
+        if n not in lengths:
+            lengths.append(n)
+    return lengths + [high] * (batch - len(lengths))  # only when low == high: no padding can occur
 
 
 def shape_case(fe: FeatureExtractorConfig, with_attention_mask: bool, batch: int, samples: int) -> ParityCase:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
-from hubert_export.errors import EXIT_PARITY_FAILED, HubertExportError
+from hubert_export.errors import EXIT_PARITY_FAILED, HubertExportError, InternalError
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,130 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             f"constant folding failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
             "drop fold_constants from the pass list"
         ) from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# fp16_with_fp32_islands
+
+FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+# No arithmetic: they run in the precision of their float inputs, so the input's path to a pinned
+# first convolution (Unsqueeze) stays FP32 and a Shape needs no Cast.
+_PRECISION_NEUTRAL_OPS = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Identity", "Flatten", "Shape",
+                                    "Size", "Slice", "Gather", "Expand", "Concat", "Split"})
+
+
+def _to_half(array: np.ndarray) -> np.ndarray:
+    """Float32 -> float16 with values beyond half's range clamped to its largest finite ones (the
+    exporters' float32-min attention fill stays a finite, very negative number, not -inf)."""
+    limit = float(np.finfo(np.float16).max)
+    return np.clip(array, -limit, limit).astype(np.float16)
+
+
+def fp16_with_fp32_islands(model: onnx.ModelProto, fp32_nodes: Iterable[str]) -> onnx.ModelProto:
+    """The FP16 precision policy written into the graph: every float tensor in half except around
+    the nodes named in `fp32_nodes`, which compute in FP32 between Cast nodes; inputs and outputs
+    stay FP32. What TensorRT builds as a strongly typed network and ONNX Runtime runs as it is.
+
+    A pinned node reads FP32 weights (never half-rounded ones) and, when its input comes from the
+    graph's FP32 input through ops without arithmetic, that input unrounded. One Cast per tensor
+    and target type, named after the scope of the node that needs it. Subgraphs are refused.
+    (onnxruntime.transformers.float16's node_block_list rounds a pinned node's weights to half and
+    back, and its input too, which is what the pin exists to prevent.)
+    """
+    keep = set(fp32_nodes)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    initializers = {t.name: t for t in graph.initializer}
+    constants: dict[str, onnx.TensorProto] = {}
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise HubertExportError(f"fp16_with_fp32_islands: node {node.name} ({node.op_type}) has a subgraph, "
+                                    "which this pass does not convert: build in fp32")
+        if node.op_type == "Constant":
+            types.update({o: next((a.t.data_type for a in node.attribute if a.name == "value"), 0) for o in node.output})
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and value.data_type == FLOAT:
+                constants[node.output[0]] = value
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    del out.graph.value_info[:]  # types change; consumers re-infer them
+    produced: dict[str, int] = {i.name: FLOAT if types.get(i.name) == FLOAT else types.get(i.name, 0)
+                                for i in model.graph.input}  # tensor -> its element type after the pass
+    produced.update({name: t.data_type for name, t in initializers.items()})
+    half_weights: dict[str, str] = {}
+    casts: dict[tuple[str, int], str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+
+    def as_type(name: str, target: int, scope: str) -> str:
+        if not name or produced.get(name) not in (FLOAT, HALF) or produced[name] == target:
+            return name
+        if (name in initializers or name in constants) and target == HALF:  # a half copy, no Cast at run time
+            if name not in half_weights:
+                source = initializers[name] if name in initializers else constants[name]
+                half = numpy_helper.from_array(_to_half(numpy_helper.to_array(source)), f"{name}_fp16")
+                if name in initializers:
+                    out.graph.initializer.append(half)
+                else:
+                    new_nodes.append(helper.make_node("Constant", [], [half.name], value=half,
+                                                      name=f"{scope}/Constant_fp16_{len(half_weights)}"))
+                half_weights[name] = half.name
+                produced[half.name] = HALF
+            return half_weights[name]
+        key = (name, target)
+        if key not in casts:
+            casts[key] = f"{name}_to_{'fp16' if target == HALF else 'fp32'}"
+            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=target,
+                                              name=f"{scope}/Cast_to_{'fp16' if target == HALF else 'fp32'}_{len(casts)}"))
+            produced[casts[key]] = target
+        return casts[key]
+
+    for node in graph.node:
+        scope = node.name.rsplit("/", 1)[0] if "/" in node.name else "/model"
+        float_inputs = [i for i in node.input if produced.get(i) in (FLOAT, HALF)]
+        if node.name in keep:
+            target = FLOAT
+        elif node.op_type in _PRECISION_NEUTRAL_OPS:
+            target = FLOAT if all(produced[i] == FLOAT for i in float_inputs) else HALF
+        else:
+            target = HALF
+        converted = onnx.NodeProto()
+        converted.CopyFrom(node)
+        converted.input[:] = [as_type(i, target, scope) for i in node.input]
+        for attribute in converted.attribute:  # ops whose output type is an attribute
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i in (FLOAT, HALF):
+                attribute.i = target
+            if node.op_type == "ConstantOfShape" and attribute.name == "value" and attribute.t.data_type == FLOAT:
+                value = numpy_helper.to_array(attribute.t)
+                value = _to_half(value) if target == HALF else value
+                attribute.t.CopyFrom(numpy_helper.from_array(value, attribute.t.name))
+        new_nodes.append(converted)
+        for output in node.output:
+            original = types.get(output, 0)
+            if node.op_type == "Constant":
+                produced[output] = original  # constants stay as written; consumers cast them (folded)
+            elif original in (FLOAT, HALF) or (node.op_type in ("Cast", "ConstantOfShape") and original == FLOAT):
+                produced[output] = target
+            else:
+                produced[output] = original
+    # Outputs keep their FP32 interface: the last half tensor is cast up under the output's name.
+    for output in out.graph.output:
+        if produced.get(output.name) == HALF:
+            internal = f"{output.name}_fp16"
+            for node in new_nodes:
+                node.output[:] = [internal if o == output.name else o for o in node.output]
+                node.input[:] = [internal if i == output.name else i for i in node.input]
+            new_nodes.append(helper.make_node("Cast", [internal], [output.name], to=FLOAT,
+                                              name=f"/model/{output.name}/Cast_to_fp32"))
+    out.graph.node.extend(new_nodes)
+    used = {i for n in out.graph.node for i in n.input}
+    kept = [t for t in out.graph.initializer if t.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +378,7 @@ def run_passes(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
         extra = f", {fused} fusion{'s' * (fused != 1)}" if name in fusion_counts(model) else ""
         logger.info("pass %s: %d -> %d nodes%s (%.2f s)", name, before, len(model.graph.node), extra, elapsed)
         if _io_signature(model) != signature:
-            raise HubertExportError(
+            raise InternalError(
                 f"graph pass {name} changed the model's inputs or outputs: drop it from the pass list and report the bug"
             )
     return model

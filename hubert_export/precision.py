@@ -4,9 +4,10 @@ The policy is data: named rules, each a regular expression matched with `re.sear
 *scope names* of the form `/model/<module path>/<op>` -- the names the TorchScript exporter gives
 ONNX nodes (`/model/hubert/encoder/layers.3/layer_norm/LayerNormalization`), which
 `hubert_export.backends.tensorrt.name_nodes_by_scope` also gives the nodes of dynamo exports and
-the nodes graph passes created. TensorRT's ONNX parser names each layer after its node, so the same
-patterns select TensorRT layers (`layer.precision = float32` plus `set_output_type`, under
-OBEY_PRECISION_CONSTRAINTS), and `half_with_policy` selects torch modules by the same names
+the nodes graph passes created. The same patterns select the ONNX nodes that
+`hubert_export.passes.fp16_with_fp32_islands` keeps in FP32 between Cast nodes of an otherwise
+half graph (which TensorRT builds strongly typed and ONNX Runtime runs as it is), and
+`half_with_policy` selects torch modules by the same names
 (`/model/hubert/encoder/layers.3/layer_norm/LayerNorm`, an attention's softmax as
 `/model/.../attention/Softmax`). A recipe's `tensorrt.fp32_layers` is a list of such patterns;
 the default is `DEFAULT_FP32_LAYERS` in recipes.py, the union of the rules below.

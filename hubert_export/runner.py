@@ -5,19 +5,24 @@ Polygraphy's: constructing a runner is cheap, `activate()` (or entering `with ru
 compiles it and records `load_seconds`, `infer` runs it, `deactivate()` releases it. The parity
 harness and the benchmarks only ever call `infer`, so they never know which back end produced an
 output, and load time is measured apart from inference time.
+
+This module imports torch only inside `EagerRunner`: the back ends' runners, which `check --golden`
+uses on machines without torch, derive from `Runner` here.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from hubert_export.model import HubertPreTrainedModel
-from hubert_export.tasks import ExportModule, TaskSpec, family_of
+if TYPE_CHECKING:
+    import torch
+
+    from hubert_export.model import HubertPreTrainedModel
+    from hubert_export.tasks import TaskSpec
 
 
 class Runner:
@@ -82,9 +87,14 @@ class EagerRunner(Runner):
         *,
         with_attention_mask: bool = False,
         output_hidden_states: bool = False,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,  # default float32
         device: str = "cpu",
     ) -> None:
+        import torch
+
+        from hubert_export.tasks import family_of
+
+        dtype = torch.float32 if dtype is None else dtype
         self.name = f"eager-{str(dtype).removeprefix('torch.')}"
         self.model = model
         self.output_hidden_states = output_hidden_states
@@ -95,6 +105,10 @@ class EagerRunner(Runner):
         self.output_names = [s.name for s in family.outputs(task, output_hidden_states)]
 
     def _activate(self) -> None:
+        import torch
+
+        from hubert_export.tasks import ExportModule
+
         model = self.model
         converts = any(p.dtype != self.dtype or p.device != torch.device(self.device)
                        for p in model.parameters() if p.is_floating_point())
@@ -103,6 +117,8 @@ class EagerRunner(Runner):
         self.module = ExportModule(model, self.output_hidden_states).eval()
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         values = torch.from_numpy(np.ascontiguousarray(inputs["input_values"])).to(self.device, self.dtype)
         mask = None
         if "attention_mask" in self.input_names and "attention_mask" in inputs:
@@ -113,6 +129,30 @@ class EagerRunner(Runner):
 
     def _deactivate(self) -> None:
         self.module = None
+
+
+def median_latency(runner: Runner, input_names: list[str], batch: int, samples: int,
+                   repeats: int = 3) -> dict[str, Any]:
+    """{seconds, shape, compute_seconds}: the median wall time of `repeats` calls of `runner` on a
+    deterministic batch x samples input and, for runners that time the device alone (TensorRT's
+    `last_timing`), the median without the host<->device copies (None otherwise)."""
+    rng = np.random.default_rng(0)
+    inputs = {"input_values": rng.standard_normal((batch, samples)).astype(np.float32)}
+    if "attention_mask" in input_names:
+        inputs["attention_mask"] = np.ones((batch, samples), dtype=np.int64)
+    # The parity cases warmed the runner up, but its first calls at a new, longer shape are still
+    # slow (hubert-base on ONNX Runtime: 0.99 s, 0.93 s, then 0.78 s).
+    runner.infer(inputs)
+    times, compute = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner.infer(inputs)
+        times.append(time.perf_counter() - start)
+        timing = getattr(runner, "last_timing", None)
+        if timing and "compute" in timing:
+            compute.append(timing["compute"])
+    return {"seconds": float(np.median(times)), "shape": [batch, samples],
+            "compute_seconds": float(np.median(compute)) if compute else None}
 
 
 def check_inputs(inputs: dict[str, np.ndarray], input_names: list[str], shape_range: Any | None) -> None:

@@ -94,10 +94,10 @@ def _perturbed_copy(artifact, destination):
 
 def test_check_fails_when_the_artifact_drifts(onnx_artifact, tmp_path):
     drifted = _perturbed_copy(onnx_artifact, tmp_path / "drifted")
-    report = check_artifact(drifted)
+    report = check_artifact(drifted, report_dir=tmp_path / "reports")
     assert not report.passed
     assert any("max_abs_error" in f for f in report.failures)
-    assert json.loads((drifted / "manifest.json").read_text())["parity"]["passed"] is False
+    assert json.loads((tmp_path / "reports" / "parity.json").read_text())["passed"] is False
 
 
 def test_check_refuses_modified_files(onnx_artifact, tmp_path):

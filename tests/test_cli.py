@@ -51,12 +51,13 @@ def test_latency_repeats_zero_skips_the_measurement_and_a_negative_count_is_refu
                                                                                      capsys):
     copy = tmp_path / "artifact"
     shutil.copytree(onnx_artifact, copy)
-    code, _, stderr = _run(capsys, "check", copy, "--latency-repeats", "0")
+    reports = tmp_path / "reports"
+    code, _, stderr = _run(capsys, "check", copy, "--latency-repeats", "0", "--report-dir", reports)
     assert code == 0 and "latency:" not in stderr and "parity case" in stderr
-    assert json.loads((copy / "manifest.json").read_text())["parity"]["latency_seconds"] is None
-    code, _, stderr = _run(capsys, "check", copy, "--latency-repeats", "2")
-    assert code == 0 and "latency: 2 runs" in stderr
-    assert json.loads((copy / "manifest.json").read_text())["parity"]["latency_seconds"] > 0
+    assert json.loads((reports / "parity.json").read_text())["latency"] is None
+    code, stdout, stderr = _run(capsys, "check", copy, "--latency-repeats", "2", "--report-dir", reports)
+    assert code == 0 and "latency: 2 runs" in stderr and "latency " in stdout
+    assert json.loads((reports / "parity.json").read_text())["latency"]["seconds"] > 0
     with pytest.raises(SystemExit) as info:
         cli.main(["check", str(copy), "--latency-repeats", "-1"])
     assert info.value.code == 2 and "0 skips the measurement" in capsys.readouterr().err

@@ -295,7 +295,7 @@ def test_lower_case_references_score_like_upper_case(shipped_artifact, tmp_path)
     (lower_dir / "transcripts.txt").write_text("\n".join(lines) + "\n")
     lower = check_artifact(shipped_artifact, data_dir=lower_dir, latency_repeats=0)
     raw = check_artifact(shipped_artifact, data_dir=lower_dir, latency_repeats=0,
-                         normalize=False)
+                         normalize=False, report_dir=tmp_path / "reports")
 
     assert upper.passed and lower.passed
     up, low = upper.ground_truth, lower.ground_truth
@@ -307,8 +307,8 @@ def test_lower_case_references_score_like_upper_case(shipped_artifact, tmp_path)
     assert raw.normalization is None and raw.ground_truth["artifact_cer"] == low["raw_artifact_cer"]
     assert "upper-cased" in lower.normalization and "'" in lower.normalization
     # The report keeps the worst utterances, normalised, in JSON and Markdown.
-    saved = json.loads((shipped_artifact / "parity.json").read_text())
-    assert saved["normalization"] is None and saved["worst_utterances"]  # the last check ran with --no-normalize
+    saved = json.loads((tmp_path / "reports" / "parity.json").read_text())
+    assert saved["normalization"] is None and saved["worst_utterances"]  # the check ran with --no-normalize
     worst = lower.worst_utterances
     assert worst and worst[0]["cer"] >= worst[-1]["cer"] > 0
     assert all(u["reference"] == u["reference"].upper() and "." not in u["reference"] for u in worst)
@@ -322,18 +322,18 @@ def test_check_command_takes_the_corpus_flags(shipped_artifact, tmp_path, capsys
     rows = [line.split("\t") for line in (SPEECH_DIR / "transcripts.tsv").read_text().splitlines()]
     manifest.write_text("path\twords\n" + "".join(f"{SPEECH_DIR / id_}.flac\t{text.lower()}!\n" for id_, text in rows))
     argv = ["check", str(shipped_artifact), "--data", str(manifest), "--text-column", "words", "--sample", "5",
-            "--seed", "3", "--limit", "4", "--latency-repeats", "0", "--quiet"]
+            "--seed", "3", "--limit", "4", "--latency-repeats", "0", "--quiet", "--report-dir", str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "normalisation: upper-cased" in out
-    saved = json.loads((shipped_artifact / "parity.json").read_text())
+    saved = json.loads((tmp_path / "parity.json").read_text())
     assert saved["ground_truth"]["utterances"] == 4.0
     assert saved["ground_truth"]["artifact_cer"] < 0.2 < saved["ground_truth"]["raw_artifact_cer"]
     assert main(argv + ["--no-normalize"]) == 0
     assert "normalisation: none (--no-normalize)" in capsys.readouterr().out
     # Without --text-column no column holds transcripts: parity on all 20 recordings, no CER against references.
-    assert main(argv[:4] + ["--latency-repeats", "0", "--quiet"]) == 0
-    saved = json.loads((shipped_artifact / "parity.json").read_text())
+    assert main(argv[:4] + ["--latency-repeats", "0", "--quiet", "--report-dir", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "parity.json").read_text())
     assert saved["ground_truth"] is None and sum(c["name"].startswith("/") for c in saved["cases"]) == 20
     assert main(argv[:4] + ["--audio-column", "file", "--quiet"]) == 2
     assert "has no column 'file' (header: path, words)" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hubert_export import HubertExportError, HubertForCTC, HubertModel
 from hubert_export import passes
+from hubert_export.errors import EXIT_INTERNAL, InternalError
 from hubert_export.export import export_onnx
 from hubert_export.tasks import get_task
 
@@ -174,3 +175,71 @@ def test_check_parity_catches_a_broken_graph(exported):
     weight.raw_data = bytes(data)
     with pytest.raises(HubertExportError, match="outputs differ"):
         passes.check_parity(exported, broken, _inputs(exported))
+
+
+def _renames_an_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    old = broken.graph.output[0].name
+    broken.graph.output[0].name = f"{old}_renamed"
+    for node in broken.graph.node:
+        node.output[:] = [f"{old}_renamed" if o == old else o for o in node.output]
+    return broken
+
+
+def test_a_pass_that_breaks_the_interface_is_our_bug_exit_3(exported, monkeypatch):
+    monkeypatch.setitem(passes.PASSES, "fold_constants", _renames_an_output)
+    with pytest.raises(InternalError, match="changed the model's inputs or outputs.*report the bug") as info:
+        passes.run_passes(exported, ["fold_constants"])
+    assert info.value.exit_code == EXIT_INTERNAL == 3
+
+
+def test_cli_exits_3_on_an_internal_error(ctc_checkpoint, tmp_path, monkeypatch, capsys):
+    from hubert_export import cli
+
+    monkeypatch.setitem(passes.PASSES, "fold_constants", _renames_an_output)  # what openvino's build runs
+    output = tmp_path / "out"
+    code = cli.main(["--target", "openvino", "--model", str(ctc_checkpoint), "--output", str(output), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.startswith("hubert-export: internal error: graph pass fold_constants") and err.count("\n") == 1
+    assert not output.exists()
+
+
+def test_fp16_with_fp32_islands_on_a_small_graph():
+    """x -> Unsqueeze -> pinned MatMul (FP32 weight) -> Add (a fill beyond half's range) -> MatMul -> y."""
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((8, 8)).astype(np.float32) * 1e-3 + 1.0  # would round in half
+    w1 = rng.standard_normal((8, 4)).astype(np.float32)
+    fill = np.full((8,), -3.4e38, dtype=np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"], name="/model/Unsqueeze"),
+             helper.make_node("MatMul", ["u", "w0"], ["h"], name="/model/first/MatMul"),
+             helper.make_node("Max", ["h", "fill"], ["m"], name="/model/clamp/Max"),
+             helper.make_node("MatMul", ["m", "w1"], ["y"], name="/model/last/MatMul")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", 4])],
+        [numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"), numpy_helper.from_array(w0, "w0"),
+         numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(fill, "fill")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    half = passes.fp16_with_fp32_islands(model, ["/model/first/MatMul"])
+    onnx.checker.check_model(half, full_check=True)
+    assert passes._io_signature(half) == passes._io_signature(model)
+    by_name = {n.name: n for n in half.graph.node}
+    weights = {t.name: t for t in half.graph.initializer}
+    first = by_name["/model/first/MatMul"]
+    assert list(first.input) == ["u", "w0"] and weights["w0"].data_type == TensorProto.FLOAT  # untouched, no Cast
+    assert by_name["/model/Unsqueeze"].input[0] == "x"  # the input path stays FP32
+    last = by_name["/model/last/MatMul"]
+    assert weights[last.input[1]].data_type == TensorProto.FLOAT16
+    clamp = by_name["/model/clamp/Max"]
+    fill16 = numpy_helper.to_array(weights[clamp.input[1]])
+    assert fill16.dtype == np.float16 and np.isfinite(fill16).all() and fill16[0] == -65504
+    cast = next(n for n in half.graph.node if n.op_type == "Cast" and list(n.input) == ["h"])
+    assert cast.output[0] == clamp.input[0] and cast.name.startswith("/model/clamp/")  # the island's output, cast down
+    assert [n.op_type for n in half.graph.node][-1] == "Cast"  # the FP32 output
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    expected = passes._run_ort(model, {"x": x})["y"]
+    actual = passes._run_ort(half, {"x": x})["y"]
+    assert actual.dtype == np.float32
+    np.testing.assert_allclose(actual, expected, rtol=2e-2, atol=2e-2)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from hubert_export.model import HubertForCTC
-from hubert_export.parity import DEFAULT_THRESHOLDS, _speech_like, compare_arrays, compare_ctc
+from hubert_export.parity import _speech_like, compare_arrays, compare_ctc
+from hubert_export.tasks import DEFAULT_THRESHOLDS
 from hubert_export.precision import (
     DEFAULT_POLICY, FP32_RULES, Float32Island, HalfPrecisionRunner, half_with_policy, module_scope,
 )

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from hubert_export import cli
 from hubert_export.artifact import Artifact, write_manifest
 from hubert_export.audio import load_audio
-from hubert_export.build import export_artifact
+from hubert_export.build import HOLD_ENV, export_artifact
 from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertForCTC
 from hubert_export.model.weights import checkpoint_weight_files, read_torch_bin
@@ -406,9 +406,17 @@ def test_no_code_path_unpickles_without_weights_only():
 
 
 # ----------------------------------------------------------------------------- atomic artifacts, signals
-def _start_build(model: Path, out: Path) -> subprocess.Popen:
+HELD = "holding at step parity"
+
+
+def _start_build(model: Path, out: Path, release: Path | None = None) -> subprocess.Popen:
+    """A CLI build; with `release`, held before its parity check (build.HOLD_ENV) until that file exists."""
+    env = dict(os.environ)
+    if release is not None:
+        env[HOLD_ENV] = f"parity:{release}"
     return subprocess.Popen([sys.executable, "-m", "hubert_export.cli", "--target", "onnx", "--model", str(model),
-                             "--output", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                             "--output", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env)
 
 
 def _wait_for(process: subprocess.Popen, words: str, timeout: float = 120) -> list[str]:
@@ -426,8 +434,8 @@ def _leftovers(parent: Path, name: str) -> list[str]:
 
 def test_killed_build_leaves_no_half_artifact_and_the_next_build_cleans_up(env, tmp_path):
     out = tmp_path / "out"
-    process = _start_build(env.ckpt, out)
-    assert any("exporting" in line for line in _wait_for(process, "exporting"))
+    process = _start_build(env.ckpt, out, release=tmp_path / "never")
+    assert any(HELD in line for line in _wait_for(process, HELD))  # provably mid-build
     process.send_signal(signal.SIGKILL)
     process.wait(30)
     assert not out.exists()
@@ -439,8 +447,9 @@ def test_killed_build_leaves_no_half_artifact_and_the_next_build_cleans_up(env, 
 
 def test_interrupted_build_exits_130_and_cleans_up(env, tmp_path):
     out = tmp_path / "out"
-    process = _start_build(env.ckpt, out)
-    _wait_for(process, "exporting")
+    process = _start_build(env.ckpt, out, release=tmp_path / "never")
+    assert any(HELD in line for line in _wait_for(process, HELD))  # provably mid-build: no race with its end
+    assert any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir())  # with a half-built artifact
     process.send_signal(signal.SIGINT)
     rest = process.stderr.read()
     assert process.wait(60) == 130, rest
@@ -450,10 +459,11 @@ def test_interrupted_build_exits_130_and_cleans_up(env, tmp_path):
 
 def test_concurrent_builds_into_one_output(env, tmp_path):
     out = tmp_path / "out"
-    first = _start_build(env.ckpt, out)
-    _wait_for(first, "exporting")  # the first holds the lock and is mid-build
+    first = _start_build(env.ckpt, out, release=tmp_path / "release")
+    assert any(HELD in line for line in _wait_for(first, HELD))  # the first holds the lock and is mid-build
     second = subprocess.run([sys.executable, "-m", "hubert_export.cli", "--target", "onnx", "--model", str(env.ckpt),
                              "--output", str(out), "--quiet"], capture_output=True, text=True, timeout=120)
+    (tmp_path / "release").touch()
     first.stderr.read()
     assert first.wait(120) == 0
     assert second.returncode == 2 and "another hubert-export build is writing" in second.stderr

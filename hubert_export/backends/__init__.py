@@ -39,13 +39,13 @@ import onnx
 
 from hubert_export.audio import FeatureExtractorConfig
 from hubert_export.errors import HubertExportError
-from hubert_export.model import HubertConfig
+from hubert_export.model.config import HubertConfig
 from hubert_export.recipes import Recipe, Shape
-from hubert_export.tasks import TaskSpec
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch-free at run time: `check --golden` loads back ends on machines without torch
     from hubert_export.artifact import Artifact
     from hubert_export.runner import Runner
+    from hubert_export.tasks import TaskSpec
 
 # target name (as given to --target) -> "module:class" implementing `Backend`
 BACKENDS: dict[str, str] = {

@@ -10,7 +10,9 @@ against 0.816 s per run, with sessions starting in 1.5 s instead of 0.44 s and b
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,22 +61,27 @@ class OnnxRuntimeBackend(Backend):
         elif precision == "int8":
             method = inputs.recipe.calibration.method
             log.info(f"quantising to INT8 ({method})")
+            patterns = inputs.recipe.calibration.ignored_scopes
             if method == "dynamic":
-                _quantize_dynamic(inputs.graph.file(), target)
+                excluded = resolve_ignored_nodes(inputs.graph.model(), patterns)
+                _quantize_dynamic(inputs.graph.file(), target, excluded)
             else:
-                section["calibration_samples"] = _quantize_static(inputs, target)
+                section["calibration_samples"], excluded = _quantize_static(inputs, target)
             section["quantization"] = method
+            section["excluded_nodes"] = excluded
         elif precision == "fp16":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise HubertExportError(
                     "ONNX Runtime FP16 needs the CUDA execution provider (onnxruntime-gpu and an NVIDIA GPU), "
                     "which this machine lacks: use --precision fp32 or int8, or --target tensorrt on a GPU machine"
                 )
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+            from hubert_export.backends.tensorrt import fp16_policy_graph
 
-            model = convert_float_to_float16(inputs.graph.model(), keep_io_types=True)
+            # The graph TensorRT builds: half, with the FP16 policy's layers (tensorrt.fp32_layers) in FP32.
+            model, pinned = fp16_policy_graph(inputs.graph.model(), inputs.recipe.tensorrt.fp32_layers)
             onnx.save(model, str(target))
             section["providers"] = ["CUDAExecutionProvider"]
+            section["fp32_layer_count"] = len(pinned)
         return BackendBuild(section, digests)
 
     def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
@@ -90,15 +97,32 @@ class OnnxRuntimeBackend(Backend):
         )
 
 
-def _quantize_dynamic(source: Path, target: Path) -> None:
+def resolve_ignored_nodes(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
+    """The names of the nodes `calibration.ignored_scopes` keeps in float: each pattern is a regular
+    expression searched in node names (as OpenVINO's build does), where ONNX Runtime's quantiser
+    takes exact names only. A pattern that matches nothing is refused: it would exclude nothing
+    without a word."""
+    names = [node.name for node in model.graph.node if node.name]
+    excluded: list[str] = []
+    for pattern in patterns:
+        found = [name for name in names if re.search(pattern, name)]
+        if not found:
+            example = next((n for n in names if "encoder/layers.0/" in n), names[0] if names else "")
+            raise HubertExportError(f"calibration.ignored_scopes pattern {pattern!r} matches no node of the ONNX "
+                                    f"graph: use regular expressions over ONNX node names such as {example!r}")
+        excluded += [name for name in found if name not in excluded]
+    return excluded
+
+
+def _quantize_dynamic(source: Path, target: Path, excluded: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # MatMul only: ONNX Runtime's dynamic ConvInteger kernels are slower than float Conv on x86.
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     extra_options={"MatMulConstBOnly": True})
+                     nodes_to_exclude=excluded, extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_static(inputs: BuildInputs, target: Path) -> int:
+def _quantize_static(inputs: BuildInputs, target: Path) -> tuple[int, list[str]]:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -115,14 +139,17 @@ def _quantize_static(inputs: BuildInputs, target: Path) -> int:
     with tempfile.TemporaryDirectory(dir=inputs.work_dir) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(inputs.graph.file()), str(prepared), skip_symbolic_shape=True)
+        # Resolved on the graph the quantiser reads: pre-processing may merge or rename nodes.
+        excluded = resolve_ignored_nodes(onnx.load(str(prepared), load_external_data=False),
+                                         inputs.recipe.calibration.ignored_scopes)
         quantize_static(
             str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
             op_types_to_quantize=["MatMul", "Conv"],
-            nodes_to_exclude=list(inputs.recipe.calibration.ignored_scopes),
+            nodes_to_exclude=excluded,
             extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True},
         )
-    return len(batches)
+    return len(batches), excluded
 
 
 class OnnxRuntimeRunner(Runner):

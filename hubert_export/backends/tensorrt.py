@@ -1,4 +1,4 @@
-"""TensorRT: FP16 (default) or FP32 engines, built on and for one NVIDIA GPU, TensorRT 10.x.
+"""TensorRT: FP16 (default) or FP32 engines, built on and for one NVIDIA GPU, TensorRT 10 or later.
 
 The artifact is `model.plan`, a serialised engine. It is specific to the TensorRT version and the
 GPU's compute capability it was built with: both are recorded in the manifest and checked on load.
@@ -7,10 +7,17 @@ Build: the portable ONNX graph (the common passes only, never ONNX Runtime's con
 prepared by pure ONNX -> ONNX steps that run without TensorRT (`prepare_for_tensorrt`): every node
 named by its module scope (`name_nodes_by_scope`, so that precision patterns select the same
 layers whichever exporter wrote the graph), then checked against the ONNX-TensorRT parser's
-operator table (`check_tensorrt_support`). TensorRT then parses it, layers matching the recipe's
-`tensorrt.fp32_layers` are pinned to FP32 under OBEY_PRECISION_CONSTRAINTS (the policy and its
-evidence: `hubert_export.precision`), one optimisation profile per shape range is added, and the
-engine is built with a timing cache that persists between builds:
+operator table (`check_tensorrt_support`). For FP16 the precision policy is written into the graph
+itself (`passes.fp16_with_fp32_islands`: a half graph, the layers matching the recipe's
+`tensorrt.fp32_layers` in FP32 between Cast nodes; the policy and its evidence:
+`hubert_export.precision`), and TensorRT builds it as a strongly typed network: every layer runs
+in the type the graph gives it, as it would on ONNX Runtime. The weakly typed builder
+(BuilderFlag.FP16 with per-layer pins under OBEY_PRECISION_CONSTRAINTS) is deprecated since
+TensorRT 10.12 and removed in 11; it is not kept, since nothing measured it faster here (no GPU).
+TF32 (on by default in TensorRT on Ampere and newer) is cleared unless `tensorrt.tf32` asks for
+it: an FP32 engine, or an FP32 island, then computes in FP32 (`builder_flags`). One optimisation
+profile per shape range is added, and the engine is built with a timing cache that persists
+between builds:
 
     recipe tensorrt.timing_cache, or by default
     ${XDG_CACHE_HOME:-~/.cache}/hubert-export/tensorrt/trt<version>-sm<major><minor>.timing-cache
@@ -18,12 +25,14 @@ engine is built with a timing cache that persists between builds:
 Outside the artifact (so --overwrite and new output directories reuse it) and keyed by TensorRT
 version and compute capability, because timing data from another version or GPU is invalid.
 
-Weakly typed FP16 (BuilderFlag.FP16 and per-layer precision) is deprecated since TensorRT 10.12
-and removed in 11; on a TensorRT without it the build stops with a clear message.
+The runner uses TensorRT's own Python API and cuda-python (the `[tensorrt]` extra installs both;
+no CUDA build of torch is needed): device buffers are allocated once and grown only when a larger
+shape arrives, `set_input_shape` is checked, and each call records its time with and without the
+host<->device copies (`last_timing`), as trtexec reports both.
 
 Nothing here that needs TensorRT or a GPU could be run where it was written: the engine build and
-runner are written against TensorRT 10's documented Python API and are exercised only by the
-GPU-marked tests.
+runner are written against TensorRT 10's documented Python API and cuda-python's runtime
+bindings, and are exercised only by the GPU-marked tests.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,9 +50,9 @@ import onnx
 
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
-from hubert_export.errors import HubertExportError
+from hubert_export.errors import HubertExportError, InternalError
 from hubert_export.export import save_onnx
-from hubert_export.passes import PORTABLE_PASSES
+from hubert_export.passes import PORTABLE_PASSES, fp16_with_fp32_islands
 from hubert_export.precision import compile_patterns, matches, module_scope
 from hubert_export.audio import MIN_SAMPLES
 from hubert_export.recipes import Recipe, Shape, ShapeRange, Shapes
@@ -92,11 +102,6 @@ def check_available(recipe: Recipe) -> None:
     if missing:
         raise HubertExportError(f"--target tensorrt needs TensorRT and an NVIDIA GPU: this machine has {missing}; "
                                 "use --target onnx or openvino here")
-    import tensorrt as trt
-
-    if recipe.precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16"):
-        raise HubertExportError(f"TensorRT {trt.__version__} has no weakly typed FP16 builds (removed in 11): "
-                                "install tensorrt 10.x (pip install 'tensorrt>=10,<11') or pass --precision fp32")
 
 
 def _missing_requirement() -> str | None:
@@ -106,11 +111,35 @@ def _missing_requirement() -> str | None:
         return "no tensorrt package (pip install 'hubert-export[tensorrt]' on a GPU machine)"
     except OSError as exc:  # the wheel is there but its CUDA libraries are not
         return f"a tensorrt package whose libraries do not load ({str(exc).splitlines()[0][:120]})"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU visible to PyTorch (torch.cuda.is_available() is False)"
+    try:
+        cudart = _cudart()
+    except ImportError:
+        return "no cuda-python package (pip install 'hubert-export[tensorrt]' on a GPU machine)"
+    error, count = cudart.cudaGetDeviceCount()
+    if error != cudart.cudaError_t.cudaSuccess:
+        return f"no usable CUDA GPU (cudaGetDeviceCount: {getattr(error, 'name', error)})"
+    if count == 0:
+        return "no CUDA GPU visible (cudaGetDeviceCount: 0 devices)"
     return None
+
+
+def _cudart():
+    """cuda-python's runtime bindings (cuda.bindings.runtime since 12.6, cuda.cudart before)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        from cuda import cudart as runtime
+    return runtime
+
+
+def _cuda_check(result: tuple, what: str) -> Any:
+    """cuda-python returns (error, *values): raise on an error, return the value(s)."""
+    cudart = _cudart()
+    error, *values = result
+    if error != cudart.cudaError_t.cudaSuccess:
+        raise HubertExportError(f"CUDA {what} failed ({getattr(error, 'name', error)}): check the GPU and driver "
+                                "(nvidia-smi), or free GPU memory")
+    return values[0] if len(values) == 1 else (values or None)
 
 
 # ------------------------------------------------------------------------------ ONNX preparation
@@ -226,6 +255,14 @@ def fp32_nodes(model: onnx.ModelProto, patterns: Iterable[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type != "Constant" and matches(n.name, compiled)]
 
 
+def fp16_policy_graph(model: onnx.ModelProto, patterns: Iterable[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """The FP16 graph a strongly typed engine is built from (and ONNX Runtime's CUDA FP16 runs): the
+    nodes matching `patterns` in FP32, the rest in half. Returns it and the pinned node names."""
+    named = name_nodes_by_scope(model)
+    pinned = fp32_nodes(named, patterns)
+    return fp16_with_fp32_islands(named, pinned), pinned
+
+
 # ------------------------------------------------------------------------------ profiles
 def _validated(r: ShapeRange, label: str) -> ShapeRange:
     for dim in ("batch", "samples"):
@@ -284,13 +321,16 @@ def timing_cache_path(recipe: Recipe, trt_version: str, compute_capability: str)
 
 
 def current_environment() -> dict[str, str]:
-    """TensorRT version and GPU of this machine, as the manifest records them."""
+    """TensorRT version and GPU of this machine (the current CUDA device), as the manifest records them."""
     import tensorrt as trt
-    import torch
 
-    major, minor = torch.cuda.get_device_capability()
-    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(),
-            "compute_capability": f"{major}.{minor}"}
+    cudart = _cudart()
+    device = _cuda_check(cudart.cudaGetDevice(), "cudaGetDevice")
+    properties = _cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = properties.name
+    name = name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
+    return {"tensorrt": trt.__version__, "gpu": name,
+            "compute_capability": f"{properties.major}.{properties.minor}"}
 
 
 def check_engine_compatible(recorded: dict[str, Any], current: dict[str, str]) -> None:
@@ -311,19 +351,42 @@ def check_engine_compatible(recorded: dict[str, Any], current: dict[str, str]) -
 
 
 # ------------------------------------------------------------------------------ build
+def network_flags() -> list[str]:
+    """NetworkDefinitionCreationFlag names: strongly typed, so the graph's Casts are the precision policy
+    (TensorRT 10 needs no EXPLICIT_BATCH: it is always explicit and the flag is deprecated; TensorRT 11
+    types every network strongly)."""
+    return ["STRONGLY_TYPED"]
+
+
+def builder_flags(recipe: Recipe) -> dict[str, list[str]]:
+    """BuilderFlag names to set and to clear on the build's config. Precision comes from the graph
+    (strongly typed networks refuse FP16/BF16/INT8 flags); TF32, which TensorRT turns on by default
+    on Ampere and newer, is cleared unless the recipe's `tensorrt.tf32` asks for it: with it, an
+    FP32 engine or FP32 island multiplies with 10-bit mantissas and misses the FP32 gate."""
+    return {"set": ["TF32"], "clear": []} if recipe.tensorrt.tf32 else {"set": [], "clear": ["TF32"]}
+
+
 def build_engine(inputs: BuildInputs) -> BackendBuild:
     import tensorrt as trt
 
     recipe = inputs.recipe
     env = current_environment()
     prepared = prepare_for_tensorrt(inputs.graph.model())
+    pinned: list[str] = []
+    if recipe.precision == "fp16":
+        prepared, pinned = fp16_policy_graph(prepared, recipe.tensorrt.fp32_layers)
+        log.info(f"FP16 graph with {len(pinned)} nodes kept in FP32")
     prepared_path = inputs.work_dir / PREPARED_NAME
     save_onnx(prepared, prepared_path)
     profiles = optimization_profiles(recipe.shapes, inputs.input_names)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: always explicit batch; the flag is deprecated
+    creation = 0
+    for name in network_flags():  # TensorRT 11 is strongly typed always; its flag may be gone
+        flag = getattr(trt.NetworkDefinitionCreationFlag, name, None)
+        creation |= 0 if flag is None else 1 << int(flag)
+    network = builder.create_network(creation)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(prepared_path)):  # from a file: external weights resolve beside it
         errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
@@ -336,13 +399,11 @@ def build_engine(inputs: BuildInputs) -> BackendBuild:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(recipe.tensorrt.workspace_gb * (1 << 30)))
     config.builder_optimization_level = recipe.tensorrt.builder_optimization_level
-    pinned: list[str] = []
-    if recipe.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        # OBEY, not PREFER: a pinned layer without an FP32 kernel must fail the build, not silently run in half.
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = pin_fp32_layers(network, recipe.tensorrt.fp32_layers)
-        log.info(f"FP16 with {len(pinned)} layers pinned to FP32")
+    flags = builder_flags(recipe)
+    for name in flags["set"]:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in flags["clear"]:
+        config.clear_flag(getattr(trt.BuilderFlag, name))
     for shapes in profiles:
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in shapes.items():
@@ -354,46 +415,23 @@ def build_engine(inputs: BuildInputs) -> BackendBuild:
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         log.info(f"timing cache {cache_path} is damaged or from another TensorRT/GPU: starting a new one")
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-    log.info(f"building the TensorRT engine ({env['gpu']}, timing cache {cache_path})")
+    log.info(f"building the TensorRT engine ({env['gpu']}, strongly typed, timing cache {cache_path})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise HubertExportError("TensorRT could not build an engine (see its messages above): try a larger "
-                                "tensorrt.workspace_gb, a smaller --max-shape, or fewer fp32_layers")
+        # The graph parsed and every node is in the parser's table: a failure here is ours to fix (exit 3).
+        raise InternalError("TensorRT could not build an engine from a graph it parsed (see its messages above): "
+                            "try a larger tensorrt.workspace_gb or a smaller --max-shape, and report the bug")
     (inputs.out_dir / MODEL_NAME).write_bytes(bytes(serialized))
     _save_timing_cache(config.get_timing_cache(), cache_path)
     ranges = shape_ranges(recipe.shapes)
     return BackendBuild({
         "files": [MODEL_NAME], "tensorrt": env["tensorrt"], "gpu": env["gpu"],
-        "compute_capability": env["compute_capability"],
-        "profiles": [r.to_dict() for r in ranges],
+        "compute_capability": env["compute_capability"], "network": "strongly typed",
+        "builder_flags": flags, "profiles": [r.to_dict() for r in ranges],
         "fp32_layers": list(recipe.tensorrt.fp32_layers) if recipe.precision == "fp16" else [],
         "fp32_layer_count": len(pinned), "workspace_gb": recipe.tensorrt.workspace_gb,
         "builder_optimization_level": recipe.tensorrt.builder_optimization_level, "timing_cache": str(cache_path),
     })
-
-
-def pin_fp32_layers(network, patterns: Iterable[str]) -> list[str]:
-    """Pin the floating-point layers whose names match `patterns` to FP32 (precision and outputs)."""
-    import tensorrt as trt
-
-    compiled = compile_patterns(patterns)
-    floating = (trt.float32, trt.float16)
-    pinned = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if not matches(layer.name, compiled):
-            continue
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if layer.type in (trt.LayerType.CONSTANT, trt.LayerType.SHAPE) or not any(o.dtype in floating for o in outputs):
-            continue  # shape arithmetic and weights have no half variant to avoid
-        layer.precision = trt.float32
-        for j, out in enumerate(outputs):
-            if out.dtype in floating:
-                layer.set_output_type(j, trt.float32)
-        if hasattr(layer, "compute_precision"):  # INormalizationLayer accumulates separately
-            layer.compute_precision = trt.float32
-        pinned.append(layer.name)
-    return pinned
 
 
 def _save_timing_cache(cache, path: Path) -> None:
@@ -407,8 +445,30 @@ def _save_timing_cache(cache, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ runner
+class _DeviceBuffer:
+    """One CUDA allocation reused across calls: reallocated only when a larger tensor arrives."""
+
+    def __init__(self) -> None:
+        self.pointer = 0
+        self.capacity = 0
+
+    def fit(self, nbytes: int) -> int:
+        if nbytes > self.capacity:
+            self.free()
+            self.pointer = _cuda_check(_cudart().cudaMalloc(max(nbytes, 1)), "cudaMalloc")
+            self.capacity = nbytes
+        return int(self.pointer)
+
+    def free(self) -> None:
+        if self.capacity:
+            _cuda_check(_cudart().cudaFree(self.pointer), "cudaFree")
+            self.pointer, self.capacity = 0, 0
+
+
 class TensorRtRunner(Runner):
-    """A deserialised engine; inputs and outputs go through CUDA torch tensors on the current stream."""
+    """A deserialised engine run on one CUDA stream with cuda-python: numpy in, numpy out, device
+    buffers kept between calls. `last_timing` holds the last call's seconds with the host<->device
+    copies ("total") and of the engine alone between CUDA events ("compute")."""
 
     def __init__(self, plan_path: Path, section: dict[str, Any], shape_range: ShapeRange | None) -> None:
         self.name = "tensorrt"
@@ -417,13 +477,13 @@ class TensorRtRunner(Runner):
         self.shape_range = shape_range
         self.ranges = [ShapeRange(*(Shape(int(p[s]["batch"]), int(p[s]["samples"])) for s in ("min", "opt", "max")))
                        for p in section.get("profiles", [])] or ([shape_range] if shape_range else [])
+        self.last_timing: dict[str, float] = {}
 
     def _activate(self) -> None:
         import tensorrt as trt
-        import torch
 
         check_engine_compatible(self.section, current_environment())
-        self._trt, self._torch = trt, torch
+        cudart = _cudart()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
@@ -434,39 +494,59 @@ class TensorRtRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.buffers = {n: _DeviceBuffer() for n in names}
+        self.stream = _cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.events = [_cuda_check(cudart.cudaEventCreate(), "cudaEventCreate") for _ in range(2)]
         self.profile = 0
-        self._dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                        trt.int64: torch.int64, trt.bool: torch.bool}
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self._torch
+        cudart = _cudart()
         check_inputs(inputs, self.input_names, self.shape_range)
         batch, samples = inputs["input_values"].shape
-        stream = torch.cuda.current_stream()
+        start = time.perf_counter()
         profile = select_profile(self.ranges, batch, samples) if self.ranges else 0
         if profile != self.profile:
-            self.context.set_optimization_profile_async(profile, stream.cuda_stream)
+            if not self.context.set_optimization_profile_async(profile, int(self.stream)):
+                raise InternalError(f"TensorRT refused optimisation profile {profile} for batch {batch} x {samples} "
+                                    "samples: report the bug")
             self.profile = profile
-        keep = []  # device buffers must outlive the asynchronous execution
+        to_device, to_host = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name in self.input_names:
-            dtype = self._dtypes[self.engine.get_tensor_dtype(name)]
-            tensor = torch.from_numpy(np.ascontiguousarray(inputs[name])).to("cuda", dtype).contiguous()
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-            keep.append(tensor)
+            host = np.ascontiguousarray(inputs[name], dtype=self.dtypes[name])
+            if not self.context.set_input_shape(name, host.shape):
+                raise HubertExportError(f"TensorRT refused input {name} of shape {list(host.shape)} (outside the "
+                                        f"engine's profile {profile}): pass an input inside the artifact's shape range")
+            pointer = self.buffers[name].fit(host.nbytes)
+            _cuda_check(cudart.cudaMemcpyAsync(pointer, host.ctypes.data, host.nbytes, to_device, self.stream),
+                        "copy to the GPU")
+            self.context.set_tensor_address(name, pointer)
         outputs = {}
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
-            out = torch.empty(shape, dtype=self._dtypes[self.engine.get_tensor_dtype(name)], device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            outputs[name] = out
-        if not self.context.execute_async_v3(stream.cuda_stream):
+            if any(d < 0 for d in shape):
+                raise InternalError(f"TensorRT left output {name} with an unresolved shape {list(shape)}: report the bug")
+            outputs[name] = np.empty(shape, dtype=self.dtypes[name])
+            self.context.set_tensor_address(name, self.buffers[name].fit(outputs[name].nbytes))
+        _cuda_check(cudart.cudaEventRecord(self.events[0], self.stream), "cudaEventRecord")
+        if not self.context.execute_async_v3(int(self.stream)):
             raise HubertExportError(f"TensorRT failed to run batch {batch} x {samples} samples (see its messages)")
-        stream.synchronize()
-        del keep
-        return {name: out.float().cpu().numpy() for name, out in outputs.items()}
+        _cuda_check(cudart.cudaEventRecord(self.events[1], self.stream), "cudaEventRecord")
+        for name, host in outputs.items():
+            _cuda_check(cudart.cudaMemcpyAsync(host.ctypes.data, self.buffers[name].pointer, host.nbytes, to_host,
+                                               self.stream), "copy from the GPU")
+        _cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        compute_ms = _cuda_check(cudart.cudaEventElapsedTime(self.events[0], self.events[1]), "cudaEventElapsedTime")
+        self.last_timing = {"total": time.perf_counter() - start, "compute": compute_ms / 1e3}
+        return {name: out.astype(np.float32, copy=False) for name, out in outputs.items()}
 
     def _deactivate(self) -> None:
+        cudart = _cudart()
+        for buffer in self.buffers.values():
+            buffer.free()
+        for event in self.events:
+            cudart.cudaEventDestroy(event)
+        cudart.cudaStreamDestroy(self.stream)
         self.context = self.engine = self.runtime = None
 
 

@@ -16,6 +16,7 @@ from hubert_export.backends import tensorrt as trt_backend
 from hubert_export.errors import HubertExportError
 from hubert_export.export import export_onnx
 from hubert_export.model import HubertForCTC, HubertModel
+from hubert_export import passes
 from hubert_export.passes import PORTABLE_PASSES, optimize_for_onnxruntime, run_passes
 from hubert_export.precision import DEFAULT_POLICY
 from hubert_export.recipes import Shape, ShapeRange, Shapes, default_recipe, recipe_from_dict
@@ -113,6 +114,91 @@ def test_opset_outside_the_parser_range_is_refused():
         trt_backend.check_tensorrt_support(_tiny_graph(helper.make_node("Relu", ["x"], ["y"]), opset=25))
 
 
+# ------------------------------------------------------------------------------ FP16 graph, builder config
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
+
+
+@pytest.mark.parametrize("which", ["torchscript-base", "dynamo-large"])
+def test_fp16_graph_keeps_the_policy_layers_in_fp32_between_casts(exports, which):
+    prepared = trt_backend.prepare_for_tensorrt(exports[which])
+    half, pinned = trt_backend.fp16_policy_graph(prepared, DEFAULT_POLICY)
+    onnx.checker.check_model(half, full_check=True)
+    assert passes._io_signature(half) == passes._io_signature(prepared)  # FP32 in, FP32 out, same names
+    assert pinned == trt_backend.fp32_nodes(prepared, DEFAULT_POLICY) and pinned
+    types = _tensor_types(half)
+    floating = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    nodes = {n.name: n for n in half.graph.node}
+    for name in pinned:  # every float input of a pinned node is FP32
+        assert all(types.get(i) == onnx.TensorProto.FLOAT for i in nodes[name].input if types.get(i) in floating), name
+    for node in half.graph.node:
+        if node.op_type == "MatMul":  # the matmuls are what FP16 is for
+            assert all(types[i] == onnx.TensorProto.FLOAT16 for i in node.input), node.name
+    # The pinned first conv reads the original FP32 weights and the input without a half rounding.
+    conv0 = next(n for n in half.graph.node if n.op_type == "Conv" and "conv_layers.0/" in n.name)
+    source = {t.name: t for t in prepared.graph.initializer}
+    assert conv0.input[1] in source and types[conv0.input[1]] == onnx.TensorProto.FLOAT
+    producers = {o: n for n in half.graph.node for o in n.output}
+    path, tensor = [], conv0.input[0]
+    while tensor in producers:
+        path.append(producers[tensor].op_type)
+        tensor = producers[tensor].input[0]
+    assert tensor == "input_values" and "Cast" not in path, path
+    casts = [n for n in half.graph.node if n.op_type == "Cast" and n.name.rsplit("/", 1)[-1].startswith("Cast_to_")]
+    assert casts and all(n.name.startswith("/model/") for n in casts)
+
+
+@pytest.mark.parametrize("which, checkpoint, model_class, task", [
+    ("torchscript-base", "ctc_checkpoint", HubertForCTC, "ctc"),
+    ("dynamo-large", "large_checkpoint", HubertModel, "feature-extraction"),
+])
+def test_fp16_graph_passes_the_fp16_gate_on_onnx_runtime_cpu(exports, which, checkpoint, model_class, task,
+                                                             request, tmp_path):
+    """ONNX Runtime's CPU kernels insert casts where they lack FP16: this checks the graph's structure
+    and I/O end to end against the eager FP32 model, not FP16 arithmetic (the torch-half policy tests do)."""
+    from hubert_export.audio import FeatureExtractorConfig
+    from hubert_export.backends.onnxruntime import OnnxRuntimeRunner
+    from hubert_export.parity import builtin_cases, run_parity, thresholds_for
+    from hubert_export.runner import EagerRunner
+
+    half, _ = trt_backend.fp16_policy_graph(trt_backend.prepare_for_tensorrt(exports[which]), DEFAULT_POLICY)
+    onnx.save(half, str(tmp_path / "fp16.onnx"))
+    model = model_class.from_pretrained(request.getfixturevalue(checkpoint))
+    with_mask = which == "dynamo-large"
+    cases = builtin_cases(FeatureExtractorConfig(return_attention_mask=with_mask), with_mask)
+    with EagerRunner(model, get_task(task), with_attention_mask=with_mask) as reference, \
+            OnnxRuntimeRunner(tmp_path / "fp16.onnx") as candidate:
+        session_types = {i.name: i.type for i in candidate.session.get_inputs()}
+        assert session_types["input_values"] == "tensor(float)"
+        report = run_parity(reference, candidate, cases, config=model.config, task=task, target="onnx",
+                            precision="fp16", thresholds=thresholds_for("fp16"))
+    assert report.passed, report.failures
+    assert 1e-6 < report.worst()["relative_l2_error"]  # really computed in half, not the FP32 graph
+
+
+def test_builder_clears_tf32_unless_the_recipe_asks_for_it():
+    assert trt_backend.builder_flags(default_recipe("tensorrt")) == {"set": [], "clear": ["TF32"]}
+    assert trt_backend.builder_flags(default_recipe("tensorrt", "fp32")) == {"set": [], "clear": ["TF32"]}
+    asked = default_recipe("tensorrt").with_overrides(**{"tensorrt.tf32": True})
+    assert trt_backend.builder_flags(asked) == {"set": ["TF32"], "clear": []}
+    for recipe in (default_recipe("tensorrt"), asked):  # strongly typed: no precision flag is ever set
+        assert not {"FP16", "BF16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} & set(trt_backend.builder_flags(recipe)["set"])
+    assert trt_backend.network_flags() == ["STRONGLY_TYPED"]
+
+
+def test_build_applies_exactly_the_flags_builder_flags_returns():
+    """build_engine sets and clears the config's flags only through builder_flags (read from its source:
+    without TensorRT there is no config to inspect)."""
+    import inspect
+
+    source = inspect.getsource(trt_backend.build_engine)
+    assert source.count("config.set_flag(") == 1 and source.count("config.clear_flag(") == 1
+    assert "flags = builder_flags(recipe)" in source and 'for name in flags["clear"]' in source
+
+
 # ------------------------------------------------------------------------------ profiles
 def test_profiles_give_the_mask_the_same_shapes():
     profiles = trt_backend.optimization_profiles(Shapes(), ["input_values", "attention_mask"])
@@ -208,11 +294,9 @@ def test_int8_is_refused_before_anything_else():
 # ------------------------------------------------------------------------------ engines (GPU only)
 @pytest.fixture(scope="module")
 def trt_engine_artifact(ctc_checkpoint, tmp_path_factory):
-    pytest.importorskip("tensorrt", reason="TensorRT engine builds need the tensorrt package (a GPU machine)")
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("TensorRT engine builds need a CUDA GPU; torch.cuda.is_available() is False")
+    missing = trt_backend._missing_requirement()
+    if missing:
+        pytest.skip(f"TensorRT engine builds need TensorRT, cuda-python and an NVIDIA GPU; this machine has {missing}")
     from hubert_export.build import export_artifact
 
     out = tmp_path_factory.mktemp("trt") / "tiny-trt"
@@ -232,6 +316,7 @@ def test_fp16_engine_passes_parity_and_records_its_environment(trt_engine_artifa
     assert backend["files"] == ["model.plan"] and (result.path / "model.plan").stat().st_size > 0
     assert backend["compute_capability"] == trt_backend.current_environment()["compute_capability"]
     assert backend["fp32_layers"] == list(DEFAULT_POLICY) and backend["fp32_layer_count"] > 0
+    assert backend["network"] == "strongly typed" and backend["builder_flags"] == {"set": [], "clear": ["TF32"]}
     assert (result.path.parent / "timing.cache").stat().st_size > 0
 
 
@@ -244,3 +329,7 @@ def test_engine_runner_refuses_inputs_outside_the_profile(trt_engine_artifact):
             runner.infer({"input_values": np.zeros((5, 16_000), dtype=np.float32)})
         out = runner.infer({"input_values": np.zeros((2, 16_000), dtype=np.float32)})
         assert out["logits"].shape[:2] == (2, 49) and np.isfinite(out["logits"]).all()
+        assert 0 < runner.last_timing["compute"] <= runner.last_timing["total"]
+        pointers = {n: b.pointer for n, b in runner.buffers.items()}
+        runner.infer({"input_values": np.zeros((1, 8_000), dtype=np.float32)})  # smaller: buffers reused
+        assert {n: b.pointer for n, b in runner.buffers.items()} == pointers
