@@ -27,7 +27,8 @@ from hubert_export.errors import HubertExportError
 from hubert_export.hub import resolve_model
 from hubert_export.model import HubertConfig
 from hubert_export.model.weights import load_checkpoint_state
-from hubert_export.parity import ParityReport, builtin_cases, data_cases, run_parity, shape_case, thresholds_for
+from hubert_export.parity import (ParityReport, builtin_cases, data_cases, fit_cases, run_parity, shape_case,
+                                  thresholds_for)
 from hubert_export.recipes import Recipe, ShapeRange
 from hubert_export.runner import EagerRunner
 from hubert_export.tasks import INPUT_AXES, get_task, infer_task, output_axes
@@ -135,18 +136,21 @@ def export_artifact(
 
         work = tmp / ".work"
         work.mkdir()
-        log(f"exporting {task.name} to ONNX")
-        exported, serialized = export_onnx_serialized(
-            model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
-            output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter, log=log,
-            check=False, parse=False)
+        exported = serialized = None
+        # LiteRT and ExecuTorch convert the PyTorch model themselves: no ONNX export for them.
+        if getattr(backend, "EXPORTS_ONNX", True):
+            log(f"exporting {task.name} to ONNX")
+            exported, serialized = export_onnx_serialized(
+                model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
+                output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter, log=log,
+                check=False, parse=False)
         # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
         # the artifact is not finished until it has passed.
         checked = pool.submit(check_onnx, serialized) if serialized is not None else None
         try:
             ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, list(axes), log,
                                _calibration_loader(recipe, fe, input_names, log), exported=exported,
-                               serialized=serialized)
+                               serialized=serialized, model=model)
             pass_names = backend.graph_passes(recipe)
             if pass_names:
                 ctx.exported, ctx.serialized = run_passes(ctx.onnx_model(), pass_names, log=log), None
@@ -157,13 +161,16 @@ def export_artifact(
             if checked is not None:
                 checked.result()
         _remove_tree(work)
+        # A back end that accepts less than the recipe's range (one fixed shape, a fixed batch)
+        # records what it built: runners, parity, bench and transcribe read it from the manifest.
+        built_range = backend_section.pop("shape_range", None) or recipe.shapes.range.to_dict()
         artifacts.copy_checkpoint_metadata(model_dir, tmp)
         manifest = artifacts.new_manifest(
             source={"checkpoint": str(model_dir.resolve()), "checkpoint_sha256": checkpoint_sha256.result(),
                     "architecture": task.model_class.__name__},
             task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
             io=_io_section(input_names, axes, config, task.name),
-            shape_range=recipe.shapes.range.to_dict(),
+            shape_range=built_range,
             backend=backend_section,
         )
         artifacts.write_manifest(tmp, manifest, known_sha256=ctx.file_sha256)
@@ -231,12 +238,17 @@ def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str
             latency_repeats: int, corpus_options: CorpusOptions | None = None, normalize: bool = True):
     from hubert_export.tokenizer import CTCTokenizer
 
-    shape_range = recipe.shapes.range
-    cases = builtin_cases(fe, with_mask, max_samples=shape_range.max.samples)
+    shape_range = artifact.shape_range() or recipe.shapes.range
+    fixed = shape_range.min == shape_range.max  # built for one shape (LiteRT)
+    cases = builtin_cases(fe, with_mask, max_samples=None if fixed else shape_range.max.samples)
     if data_dir is not None:
-        cases += data_cases(data_dir, fe, with_mask, max_samples=shape_range.max.samples, options=corpus_options)
-    cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
+        cases += data_cases(data_dir, fe, with_mask, max_samples=None if fixed else shape_range.max.samples,
+                            options=corpus_options)
     static = recipe.openvino.static_shape if recipe.target == "openvino" else None
+    if fixed:  # every case cut or padded to the window the artifact takes, as transcribe runs audio
+        cases = fit_cases(cases, shape_range.opt.batch, shape_range.opt.samples)
+    else:
+        cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
     if static is not None:  # compiled for this one shape: checked and timed at it
         shape_range = ShapeRange(static, static, static)
         cases = [c for c in cases if c.inputs["input_values"].shape == (static.batch, static.samples)]

@@ -227,6 +227,40 @@ def shape_case(fe: FeatureExtractorConfig, with_attention_mask: bool, batch: int
                   with_attention_mask)
 
 
+def fit_inputs(inputs: dict[str, np.ndarray], batch: int, samples: int) -> dict[str, np.ndarray]:
+    """A prepared batch cut or zero-padded to exactly batch x samples, for fixed-shape artifacts.
+
+    Padding is what the feature extractor does for a batch (zeros, and attention_mask 0 where the
+    model takes one); missing rows repeat the given ones, surplus rows are dropped.
+    """
+    rows = np.resize(np.arange(inputs["input_values"].shape[0]), batch)
+    fitted = {}
+    for name, array in inputs.items():
+        out = np.zeros((batch, samples), dtype=array.dtype)
+        width = min(samples, array.shape[1])
+        out[:, :width] = array[rows, :width]
+        fitted[name] = out
+    return fitted
+
+
+def fit_cases(cases: list[ParityCase], batch: int, samples: int) -> list[ParityCase]:
+    """Every utterance of `cases` as its own case of exactly batch x samples (see `fit_inputs`).
+
+    An utterance longer than the window is cut to it and loses its reference text (which no longer
+    matches the audio); a shorter one is padded and keeps it. Only real frames are compared.
+    """
+    fitted = []
+    for case in cases:
+        for row, length in enumerate(case.sample_lengths):
+            one = {name: array[row:row + 1] for name, array in case.inputs.items()}
+            kept = min(length, samples)
+            text = case.reference_texts[row] if case.reference_texts and length <= samples else None
+            name = case.name if len(case.sample_lengths) == 1 else f"{case.name}[{row}]"
+            fitted.append(ParityCase(f"{name}@{batch}x{samples}", fit_inputs(one, batch, samples),
+                                     [kept] * batch, [text] + [None] * (batch - 1)))
+    return fitted
+
+
 def data_cases(directory: Path, fe: FeatureExtractorConfig, with_attention_mask: bool,
                max_samples: int | None = None, limit: int | None = None,
                options: CorpusOptions | None = None) -> list[ParityCase]:

@@ -11,8 +11,8 @@ Schema (defaults in brackets):
     name: str                          [file stem]
     description: str                   ['']
     task: feature-extraction | ctc | sequence-classification | auto   [auto]
-    target: onnx | openvino | tensorrt                                 (required)
-    precision: fp32 | fp16 | int8      [fp32 for onnx/openvino, fp16 for tensorrt]
+    target: onnx | openvino | tensorrt | litert | executorch           (required)
+    precision: fp32 | fp16 | int8      [fp32 for onnx/openvino/litert/executorch, fp16 for tensorrt]
     export: {opset [18], output_hidden_states [false], attention_mask [auto], exporter [torchscript]}
     shapes: {min [1, 400], opt [1, 160000], max [16, 960000], profiles [[]]}
     calibration: {data, subset_size, method, preset, smooth_quant_alpha, ignored_scopes,
@@ -20,6 +20,8 @@ Schema (defaults in brackets):
     onnxruntime: {intra_op_threads, graph_optimization_level, offline_fusions [false]}
     openvino: {performance_hint, num_threads, cache_dir, static_shape}
     tensorrt: {workspace_gb, builder_optimization_level, timing_cache, fp32_layers}
+    litert: {num_threads [0]}          (built for shapes.opt only)
+    executorch: {num_threads [0]}      (batch fixed at shapes.opt.batch, samples min..max)
     thresholds: {max_abs_error, mean_abs_error, relative_l2_error, min_cosine_similarity,
                  min_argmax_agreement, max_token_edit_rate, min_top1_agreement, max_cer, max_wer}
 
@@ -42,7 +44,7 @@ from typing import Any, Literal, Mapping
 
 from hubert_export.errors import HubertExportError
 
-TARGETS: tuple[str, ...] = ("onnx", "openvino", "tensorrt")
+TARGETS: tuple[str, ...] = ("onnx", "openvino", "tensorrt", "litert", "executorch")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 TASKS: tuple[str, ...] = ("auto", "feature-extraction", "ctc", "sequence-classification")
 
@@ -51,8 +53,11 @@ PRECISIONS_BY_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "int8", "fp16"),
     "openvino": ("fp32", "fp16", "int8"),
     "tensorrt": ("fp16", "fp32"),
+    "litert": ("fp32", "fp16", "int8"),
+    "executorch": ("fp32", "int8"),
 }
-DEFAULT_PRECISION: dict[str, str] = {"onnx": "fp32", "openvino": "fp32", "tensorrt": "fp16"}
+DEFAULT_PRECISION: dict[str, str] = {"onnx": "fp32", "openvino": "fp32", "tensorrt": "fp16", "litert": "fp32",
+                                     "executorch": "fp32"}
 
 # 18: the oldest opset torch's dynamo exporter writes; 21: the newest every back end here reads.
 OPSET_RANGE: tuple[int, int] = (18, 21)
@@ -187,6 +192,16 @@ class TensorRtOptions:
 
 
 @dataclass(frozen=True)
+class LiteRtOptions:
+    num_threads: int = 0  # 0: the interpreter's default
+
+
+@dataclass(frozen=True)
+class ExecuTorchOptions:
+    num_threads: int = 0  # 0: XNNPACK's default thread pool (one thread per core)
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """Parity thresholds; None takes the parity harness's per-precision default."""
 
@@ -209,7 +224,7 @@ class Thresholds:
 class Recipe:
     """One deployment. Build it with load_recipe / recipe_from_dict / default_recipe, which validate."""
 
-    target: Literal["onnx", "openvino", "tensorrt"]
+    target: Literal["onnx", "openvino", "tensorrt", "litert", "executorch"]
     precision: Literal["fp32", "fp16", "int8"]
     name: str = "recipe"
     description: str = ""
@@ -220,6 +235,8 @@ class Recipe:
     onnxruntime: OnnxRuntimeOptions = field(default_factory=OnnxRuntimeOptions)
     openvino: OpenVinoOptions = field(default_factory=OpenVinoOptions)
     tensorrt: TensorRtOptions = field(default_factory=TensorRtOptions)
+    litert: LiteRtOptions = field(default_factory=LiteRtOptions)
+    executorch: ExecuTorchOptions = field(default_factory=ExecuTorchOptions)
     thresholds: Thresholds = field(default_factory=Thresholds)
     # Where the recipe came from, for error messages; not part of the recipe's content.
     source: str = field(default="<dict>", compare=False)
@@ -375,6 +392,8 @@ def _section_types() -> dict[str, type]:
         "onnxruntime": OnnxRuntimeOptions,
         "openvino": OpenVinoOptions,
         "tensorrt": TensorRtOptions,
+        "litert": LiteRtOptions,
+        "executorch": ExecuTorchOptions,
         "thresholds": Thresholds,
     }
 
@@ -636,6 +655,8 @@ class _RecipeParser:
             onnxruntime=self.onnxruntime(top.get("onnxruntime"), ("onnxruntime",)),
             openvino=self.openvino(top.get("openvino"), ("openvino",), shapes),
             tensorrt=self.tensorrt(top.get("tensorrt"), ("tensorrt",)),
+            litert=LiteRtOptions(self.threads(top.get("litert"), ("litert",), LiteRtOptions)),
+            executorch=ExecuTorchOptions(self.threads(top.get("executorch"), ("executorch",), ExecuTorchOptions)),
             thresholds=self.thresholds(top.get("thresholds"), ("thresholds",)),
             source=source,
         )
@@ -798,6 +819,11 @@ class _RecipeParser:
             timing_cache=self.path_value(d.get("timing_cache"), path + ("timing_cache",)),
             fp32_layers=self.patterns(fp32_layers, path + ("fp32_layers",)),
         )
+
+    def threads(self, value: Any, path: tuple[str, ...], cls: type) -> int:
+        """The `num_threads` of a section that has nothing else (litert, executorch)."""
+        d = self.mapping(value, path, self.fields_of(cls))
+        return self.integer(d.get("num_threads", 0), path + ("num_threads",), lo=0, hint=" (0: the runtime's default)")
 
     def thresholds(self, value: Any, path: tuple[str, ...]) -> Thresholds:
         d = self.mapping(value, path, self.fields_of(Thresholds))

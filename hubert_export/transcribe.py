@@ -158,6 +158,7 @@ class Transcriber:
         self.source = resolve_model(source)
         self.log = log or (lambda _: None)
         self.shape_range = None
+        self.window: tuple[int, int] | None = None  # (batch, samples) of a fixed-shape artifact
         if (self.source / MANIFEST_NAME).is_file():
             artifact = Artifact.open(self.source)
             artifact.verify_files()
@@ -169,6 +170,9 @@ class Transcriber:
             from hubert_export.backends import get_backend
 
             self.shape_range = artifact.shape_range()
+            if self.shape_range is not None and self.shape_range.min == self.shape_range.max:
+                # Built for one shape (LiteRT): every chunk runs through that window, zero-padded.
+                self.window = (self.shape_range.opt.batch, self.shape_range.opt.samples)
             self.runner = get_backend(artifact.target).load(artifact)
         elif (self.source / "config.json").is_file():
             from hubert_export.model import HubertForCTC
@@ -217,6 +221,9 @@ class Transcriber:
             # Chunk starts on the frame grid (so chunk frames are whole-file frames) and in the resampler's phase.
             align = math.lcm(self.stride, stream.up)
             chunk = round(chunk_seconds * rate / align) * align
+            if self.window is not None:  # no longer than the window, and a quarter of it overlapping at most
+                chunk = min(chunk, self.window[1] // align * align)
+                overlap_seconds = min(overlap_seconds, chunk / rate / 4)
             # Without overlap the frame straddling each seam would belong to no chunk: one frame is the least.
             least = -(-(self.config.receptive_field - self.stride) // align) * align
             overlap = max(round(overlap_seconds * rate / align) * align, least)
@@ -253,6 +260,11 @@ class Transcriber:
                                  ids, stream.largest_block)
 
     def _check_shapes(self, path: Path, spans: list[tuple[int, int]], batch_size: int) -> None:
+        if self.window is not None:
+            if batch_size > self.window[0]:
+                raise HubertExportError(f"--batch-size {batch_size} exceeds the batch of {self.window[0]} this "
+                                        "artifact was built for: pass a smaller one")
+            return
         if self.shape_range is None:
             return
         low, high = self.shape_range.min, self.shape_range.max
@@ -270,11 +282,28 @@ class Transcriber:
             raise HubertExportError(f"--batch-size {batch_size} is outside the artifact's batch range "
                                     f"{low.batch}..{high.batch}: pick one inside it")
 
-    def _run(self, waveforms: list[np.ndarray]) -> np.ndarray:
+    def _run(self, waveforms: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+        if self.window is not None:
+            return self._run_window(waveforms)
         inputs = {"input_values": np.stack(waveforms)}
         if "attention_mask" in self.runner.input_names:
             inputs["attention_mask"] = np.ones(inputs["input_values"].shape, dtype=np.int64)
         return self.runner.infer(inputs)["logits"]
+
+    def _run_window(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+        """Chunks zero-padded into the fixed window (attention_mask 0 there when the model takes one,
+        as the feature extractor pads a batch); each keeps only the frames of its real audio."""
+        batch, samples = self.window
+        inputs = {"input_values": np.zeros((batch, samples), dtype=np.float32)}
+        masked = "attention_mask" in self.runner.input_names
+        if masked:
+            inputs["attention_mask"] = np.zeros((batch, samples), dtype=np.int64)
+        for row, waveform in enumerate(waveforms):
+            inputs["input_values"][row, :len(waveform)] = waveform
+            if masked:
+                inputs["attention_mask"][row, :len(waveform)] = 1
+        logits = self.runner.infer(inputs)["logits"]
+        return [logits[row, :self.config.num_frames(len(w))] for row, w in enumerate(waveforms)]
 
     def close(self) -> None:
         self.runner.close()

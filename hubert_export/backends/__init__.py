@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,6 +43,8 @@ BACKENDS: dict[str, str] = {
     "onnx": "hubert_export.backends.onnxruntime",
     "openvino": "hubert_export.backends.openvino",
     "tensorrt": "hubert_export.backends.tensorrt",
+    "litert": "hubert_export.backends.litert",
+    "executorch": "hubert_export.backends.executorch",
 }
 
 
@@ -68,6 +71,9 @@ class BuildContext:
     # sha256 of artifact files written from bytes in memory (name relative to out_dir), for the
     # manifest: hashed while writing instead of read back afterwards.
     file_sha256: dict[str, str] = field(default_factory=dict)
+    # The PyTorch model, for back ends that convert it themselves (`EXPORTS_ONNX = False` in their
+    # module: LiteRT, ExecuTorch); those builds skip the ONNX export.
+    model: Any = None
 
     @property
     def onnx_path(self) -> Path:

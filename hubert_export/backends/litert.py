@@ -1,0 +1,239 @@
+"""LiteRT (the renamed TensorFlow Lite): `model.tflite` from the PyTorch model, run by LiteRT's interpreter.
+
+  fp32  `litert_torch.convert` of the canonical model (weight norm folded), float everywhere
+  fp16  the same file with FP16 weights (ai-edge-quantizer's float casting; computed in FP32)
+  int8  ai-edge-quantizer, LiteRT's own quantiser: `calibration.method: dynamic` stores INT8
+        weights and quantises activations on the fly (dynamic range); `static` (the default) is
+        full-integer INT8, weights and activations, calibrated on audio. Full-integer INT8 keeps
+        float inputs and outputs: the runner quantises and dequantises with the file's own scales.
+
+The converter traces the model with `torch.export` at one shape, and LiteRT models are fixed-shape
+in practice (the XNNPACK delegate plans its buffers for one shape), so the artifact is built for
+the recipe's opt shape and accepts exactly that shape; its manifest's `shape_range` says so, and
+`transcribe` then runs recordings through that window. What the converter needed from the model:
+nothing beyond what the ONNX export needs (exact-erf GELU, GroupNorm, LayerNorm, the positional
+conv's even-kernel padding and SDPA with a boolean key mask all lower to TFLite builtins); the
+weight-normed positional convolution is folded into a plain convolution for the conversion, as for
+ONNX. int64 inputs (`attention_mask`) become int32, LiteRT's index type.
+
+The extra is installed with `pip install 'hubert-export[litert]'`, in an environment of its own:
+its converter pins typing-extensions below the version the core's pydantic needs (see README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hubert_export.artifact import Artifact
+from hubert_export.backends import BuildContext
+from hubert_export.errors import HubertExportError
+from hubert_export.recipes import Recipe, Shape, ShapeRange
+from hubert_export.runner import Runner, check_inputs
+
+MODEL_NAME = "model.tflite"
+SIGNATURE = "serving_default"
+EXTRA_HINT = "pip install 'hubert-export[litert]' (in its own virtual environment: see the README)"
+EXPORTS_ONNX = False  # converted from the PyTorch model, not from the ONNX export
+
+logger = logging.getLogger(__name__)
+
+
+def check_available(recipe: Recipe) -> None:
+    """Refuse, before any work, a build without the converter installed."""
+    missing = _missing_packages(("litert_torch", "ai_edge_litert", "ai_edge_quantizer"))
+    if missing:
+        raise HubertExportError(f"--target litert needs the [litert] extra ({', '.join(missing)} not installed): "
+                                f"{EXTRA_HINT}")
+
+
+def _missing_packages(modules: tuple[str, ...]) -> list[str]:
+    import importlib.util
+
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def graph_passes(recipe: Recipe) -> list[str]:
+    return []  # converted from PyTorch: the ONNX graph passes do not apply
+
+
+def static_shape(recipe: Recipe) -> Shape:
+    """The one shape the artifact is built for: the recipe's opt shape."""
+    return recipe.shapes.opt
+
+
+def build(ctx: BuildContext) -> dict[str, Any]:
+    recipe = ctx.recipe
+    shape = static_shape(recipe)
+    target = ctx.out_dir / MODEL_NAME
+    float_model = _convert(ctx, shape)
+    section: dict[str, Any] = {
+        "files": [MODEL_NAME], "litert_torch": _version("litert-torch"), "ai_edge_litert": _version("ai-edge-litert"),
+        "signature": SIGNATURE, "built_shape": {"batch": shape.batch, "samples": shape.samples},
+        "shape_range": ShapeRange(shape, shape, shape).to_dict(),
+    }
+    if recipe.precision == "fp32":
+        target.write_bytes(float_model)
+        return section
+    from ai_edge_quantizer import qtyping, quantizer, recipe as quant_recipes
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    section["ai_edge_quantizer"] = _version("ai-edge-quantizer")
+    quant = quantizer.Quantizer(float_model)
+    calibration = None
+    if recipe.precision == "fp16":
+        ctx.log("casting weights to FP16 (ai-edge-quantizer)")
+        quant.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                     num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+        section["quantization"] = "fp16 weights"
+    elif recipe.calibration.method == "dynamic":
+        ctx.log("quantising to INT8, dynamic range (ai-edge-quantizer)")
+        quant.load_quantization_recipe(quant_recipes.dynamic_wi8_afp32())
+        section["quantization"] = "dynamic"
+    else:
+        from hubert_export.parity import fit_inputs
+
+        batches = ctx.calibration_inputs()
+        ctx.log(f"quantising to full-integer INT8, calibrated on {len(batches)} recordings (ai-edge-quantizer)")
+        quant.load_quantization_recipe(quant_recipes.static_wi8_ai8())
+        feeds = [_feed(fit_inputs(b, shape.batch, shape.samples), ctx.input_names) for b in batches]
+        with _quiet():
+            calibration = quant.calibrate({SIGNATURE: feeds})
+        section["quantization"] = "static"
+        section["calibration_samples"] = len(batches)
+    with _quiet():
+        result = quant.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
+    target.write_bytes(bytes(result.quantized_model))
+    return section
+
+
+def _convert(ctx: BuildContext, shape: Shape) -> bytes:
+    import litert_torch
+
+    from hubert_export.export import folded_weight_norm
+    from hubert_export.tasks import ExportModule
+
+    model = ctx.model
+    wrapper = ExportModule(model, ctx.recipe.export.output_hidden_states).eval()
+    example = {"input_values": torch.zeros(shape.batch, shape.samples)}
+    example["input_values"][:, ::7] = 0.5
+    if "attention_mask" in ctx.input_names:
+        example["attention_mask"] = torch.ones(shape.batch, shape.samples, dtype=torch.int64)
+    ctx.log(f"converting to LiteRT at batch {shape.batch} x {shape.samples} samples (litert-torch)")
+    with torch.no_grad(), folded_weight_norm(model), _quiet():
+        try:
+            edge = litert_torch.convert(wrapper, sample_kwargs=example)
+        except Exception as exc:  # the converter raises many types; the user needs one line
+            raise HubertExportError(f"LiteRT conversion failed: {type(exc).__name__}: "
+                                    f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+        scratch = ctx.out_dir / ".work" / "float.tflite"
+        scratch.parent.mkdir(exist_ok=True)
+        edge.export(str(scratch))
+    return scratch.read_bytes()
+
+
+def _feed(inputs: dict[str, np.ndarray], input_names: list[str]) -> dict[str, np.ndarray]:
+    return {n: (inputs[n].astype(np.int32) if n == "attention_mask" else inputs[n]) for n in input_names}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converter and quantiser print progress bars and banners meant for their developers."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+class LiteRtRunner(Runner):
+    """LiteRT's interpreter (XNNPACK delegate, `threads` threads) on one fixed-shape signature."""
+
+    def __init__(self, model_path: Path, *, input_names: list[str], output_names: list[str], shape: Shape,
+                 threads: int = 0) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise HubertExportError(f"this artifact is a LiteRT model and needs the [litert] extra: {EXTRA_HINT}") from None
+        try:
+            # num_threads None lets the interpreter choose; XNNPACK is its default CPU delegate.
+            self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads if threads > 0 else None)
+            self.signature = self.interpreter.get_signature_runner(SIGNATURE)
+        except (ValueError, RuntimeError) as exc:
+            raise HubertExportError(f"LiteRT cannot load {model_path.name} ({str(exc).splitlines()[0][:200]}): "
+                                    "the file is corrupt or was modified; rebuild the artifact") from None
+        self.name = "litert"
+        self.input_names = input_names
+        self.output_names = output_names
+        self.shape = shape
+        self.input_details = self.signature.get_input_details()
+        self.output_details = self.signature.get_output_details()
+        # The converter names outputs output_0, output_1, ... in the module's return order.
+        self.output_keys = sorted(self.output_details, key=lambda k: int(k.rsplit("_", 1)[-1]) if k[-1].isdigit() else 0)
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_inputs(inputs, self.input_names, None)
+        got = inputs["input_values"].shape
+        if got != (self.shape.batch, self.shape.samples):
+            raise HubertExportError(
+                f"input of batch {got[0]} x {got[1]} samples does not match the shape this LiteRT model was built for "
+                f"(batch {self.shape.batch} x {self.shape.samples} samples): pad or split the input to it, or rebuild "
+                "with another --opt-shape")
+        feed = {name: _to_tensor(inputs[name], self.input_details[name]) for name in self.input_names}
+        outputs = self.signature(**feed)
+        return {name: _from_tensor(outputs[key], self.output_details[key])
+                for name, key in zip(self.output_names, self.output_keys)}
+
+    def close(self) -> None:
+        self.signature = None
+        self.interpreter = None
+
+
+def _to_tensor(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if scale and dtype.kind in "iu":  # a full-integer model's quantised input
+        info = np.iinfo(dtype)
+        return np.clip(np.round(value / scale) + zero_point, info.min, info.max).astype(dtype)
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def _from_tensor(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if scale and value.dtype.kind in "iu":
+        return ((value.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return value.astype(np.float32, copy=False)
+
+
+def load(artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True) -> LiteRtRunner:
+    from hubert_export.recipes import recipe_from_dict
+
+    manifest = artifact.manifest
+    built = manifest.get("backend", {}).get("built_shape")
+    if not isinstance(built, dict):
+        raise HubertExportError(f"artifact {artifact.path}: manifest.json has no backend.built_shape: rebuild the artifact")
+    options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").litert
+    io_section = manifest.get("io", {})
+    return LiteRtRunner(
+        artifact.path / MODEL_NAME,
+        input_names=[i["name"] for i in io_section.get("inputs", [{"name": "input_values"}])],
+        output_names=[o["name"] for o in io_section.get("outputs", [])],
+        shape=Shape(int(built["batch"]), int(built["samples"])),
+        threads=threads if threads is not None else options.num_threads,
+    )
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the interpreter's C++ start-up banners
