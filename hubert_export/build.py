@@ -30,8 +30,8 @@ from hubert_export.model.weights import load_checkpoint_state
 from hubert_export.parity import (ParityReport, builtin_cases, data_cases, fit_cases, run_parity, shape_case,
                                   thresholds_for)
 from hubert_export.recipes import Recipe, ShapeRange
-from hubert_export.runner import EagerRunner
-from hubert_export.tasks import INPUT_AXES, get_task, infer_task, output_axes
+from hubert_export.runner import EagerRunner, WindowRunner
+from hubert_export.tasks import INPUT_AXES, frame_axes, get_task, infer_task, output_axes
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL_DIR = DATA_DIR / "tiny-ctc"
@@ -245,8 +245,8 @@ def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str
         cases += data_cases(data_dir, fe, with_mask, max_samples=None if fixed else shape_range.max.samples,
                             options=corpus_options)
     static = recipe.openvino.static_shape if recipe.target == "openvino" else None
-    if fixed:  # every case cut or padded to the window the artifact takes, as transcribe runs audio
-        cases = fit_cases(cases, shape_range.opt.batch, shape_range.opt.samples)
+    if fixed:  # every case run through the window the artifact takes, as transcribe runs audio
+        cases = fit_cases(cases, shape_range.opt.samples)
     else:
         cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
     if static is not None:  # compiled for this one shape: checked and timed at it
@@ -259,6 +259,9 @@ def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str
     thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit())
     log(f"parity check: {len(cases)} cases against the eager model")
     with get_backend(artifact.target).load(artifact) as candidate:
+        if fixed:
+            candidate = WindowRunner(candidate, shape_range.opt.batch, shape_range.opt.samples, config.num_frames,
+                                     frame_axes(get_task(task), recipe.export.output_hidden_states))
         report = run_parity(reference, candidate, cases, config=config, task=task, target=artifact.target,
                             precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer, progress=log,
                             normalize=normalize)

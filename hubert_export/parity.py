@@ -243,21 +243,17 @@ def fit_inputs(inputs: dict[str, np.ndarray], batch: int, samples: int) -> dict[
     return fitted
 
 
-def fit_cases(cases: list[ParityCase], batch: int, samples: int) -> list[ParityCase]:
-    """Every utterance of `cases` as its own case of exactly batch x samples (see `fit_inputs`).
-
-    An utterance longer than the window is cut to it and loses its reference text (which no longer
-    matches the audio); a shorter one is padded and keeps it. Only real frames are compared.
-    """
+def fit_cases(cases: list[ParityCase], samples: int) -> list[ParityCase]:
+    """Cases longer than a fixed-shape artifact's window cut to it; they lose their reference text
+    (which no longer matches the audio). Shorter cases are run through the window (`WindowRunner`)."""
     fitted = []
     for case in cases:
-        for row, length in enumerate(case.sample_lengths):
-            one = {name: array[row:row + 1] for name, array in case.inputs.items()}
-            kept = min(length, samples)
-            text = case.reference_texts[row] if case.reference_texts and length <= samples else None
-            name = case.name if len(case.sample_lengths) == 1 else f"{case.name}[{row}]"
-            fitted.append(ParityCase(f"{name}@{batch}x{samples}", fit_inputs(one, batch, samples),
-                                     [kept] * batch, [text] + [None] * (batch - 1)))
+        if case.inputs["input_values"].shape[1] <= samples:
+            fitted.append(case)
+            continue
+        cut = {name: array[:, :samples] for name, array in case.inputs.items()}
+        lengths = [min(n, samples) for n in case.sample_lengths]
+        fitted.append(ParityCase(f"{case.name}-cut{samples}", cut, lengths, None))
     return fitted
 
 

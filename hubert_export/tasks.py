@@ -81,6 +81,12 @@ def output_axes(task: TaskSpec, output_hidden_states: bool) -> dict[str, dict[in
     return axes
 
 
+def frame_axes(task: TaskSpec, output_hidden_states: bool) -> dict[str, int]:
+    """Output name -> the axis that counts frames (absent for per-utterance outputs)."""
+    return {name: axis for name, axes in output_axes(task, output_hidden_states).items()
+            for axis, label in axes.items() if label == "frames"}
+
+
 class ExportModule(nn.Module):
     """The model as the exported graph sees it: arrays in, the task's outputs (a tuple) out."""
 

@@ -174,6 +174,12 @@ class Transcriber:
                 # Built for one shape (LiteRT): every chunk runs through that window, zero-padded.
                 self.window = (self.shape_range.opt.batch, self.shape_range.opt.samples)
             self.runner = get_backend(artifact.target).load(artifact)
+            if self.window is not None:
+                from hubert_export.runner import WindowRunner
+                from hubert_export.tasks import frame_axes, get_task
+
+                self.runner = WindowRunner(self.runner, *self.window, self.config.num_frames,
+                                           frame_axes(get_task("ctc"), False))
         elif (self.source / "config.json").is_file():
             from hubert_export.model import HubertForCTC
             from hubert_export.runner import EagerRunner
@@ -261,10 +267,7 @@ class Transcriber:
 
     def _check_shapes(self, path: Path, spans: list[tuple[int, int]], batch_size: int) -> None:
         if self.window is not None:
-            if batch_size > self.window[0]:
-                raise HubertExportError(f"--batch-size {batch_size} exceeds the batch of {self.window[0]} this "
-                                        "artifact was built for: pass a smaller one")
-            return
+            return  # chunks fit the window by construction; any batch runs through it
         if self.shape_range is None:
             return
         low, high = self.shape_range.min, self.shape_range.max
@@ -282,28 +285,11 @@ class Transcriber:
             raise HubertExportError(f"--batch-size {batch_size} is outside the artifact's batch range "
                                     f"{low.batch}..{high.batch}: pick one inside it")
 
-    def _run(self, waveforms: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
-        if self.window is not None:
-            return self._run_window(waveforms)
+    def _run(self, waveforms: list[np.ndarray]) -> np.ndarray:
         inputs = {"input_values": np.stack(waveforms)}
         if "attention_mask" in self.runner.input_names:
             inputs["attention_mask"] = np.ones(inputs["input_values"].shape, dtype=np.int64)
         return self.runner.infer(inputs)["logits"]
-
-    def _run_window(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
-        """Chunks zero-padded into the fixed window (attention_mask 0 there when the model takes one,
-        as the feature extractor pads a batch); each keeps only the frames of its real audio."""
-        batch, samples = self.window
-        inputs = {"input_values": np.zeros((batch, samples), dtype=np.float32)}
-        masked = "attention_mask" in self.runner.input_names
-        if masked:
-            inputs["attention_mask"] = np.zeros((batch, samples), dtype=np.int64)
-        for row, waveform in enumerate(waveforms):
-            inputs["input_values"][row, :len(waveform)] = waveform
-            if masked:
-                inputs["attention_mask"][row, :len(waveform)] = 1
-        logits = self.runner.infer(inputs)["logits"]
-        return [logits[row, :self.config.num_frames(len(w))] for row, w in enumerate(waveforms)]
 
     def close(self) -> None:
         self.runner.close()
