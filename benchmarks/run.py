@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 
 from eager import checkpoint_dir  # benchmarks/eager.py: the random hubert-base checkpoint
+from plots import plot  # benchmarks/plots.py
 from hubert_export.bench import Subject, artifact_subject, run_benchmark, write_results
 from hubert_export.errors import HubertExportError
 
@@ -65,17 +67,20 @@ print(json.dumps({"seconds": time.perf_counter() - imported, "import_seconds": i
 # Our ONNX Runtime FP32 build as `hubert-export --target onnx` runs it, in a fresh interpreter like
 # Optimum's: seconds after the imports, and when the parity check and the latency runs began.
 OURS_EXPORT = r"""
-import json, sys, time
+import json, logging, sys, time
 start = time.perf_counter()
 from hubert_export.build import export_artifact
 from hubert_export.recipes import default_recipe
 imported = time.perf_counter()
 marks = {}
-def progress(message):
-    for key, prefix in (("parity", "parity check"), ("latency", "latency:")):
-        if message.startswith(prefix):
-            marks[key] = time.perf_counter() - imported
-result = export_artifact(sys.argv[1], sys.argv[2], default_recipe("onnx", "fp32"), overwrite=True, progress=progress)
+class Marks(logging.Handler):
+    def emit(self, record):
+        for key, prefix in (("parity", "parity check"), ("latency", "latency:")):
+            if record.getMessage().startswith(prefix):
+                marks[key] = time.perf_counter() - imported
+logging.getLogger("hubert_export").addHandler(Marks())
+logging.getLogger("hubert_export").setLevel(logging.INFO)
+result = export_artifact(sys.argv[1], sys.argv[2], default_recipe("onnx", "fp32"), overwrite=True)
 print(json.dumps({"seconds": time.perf_counter() - imported, "import_seconds": imported - start,
                   "seconds_before_parity_check": marks.get("parity"), "seconds_before_latency": marks.get("latency"),
                   "passed": result.passed}))
@@ -132,29 +137,41 @@ def build_ours(model: Path, work: Path, reuse: bool, calibration: Path | None,
             continue
         if precision == "int8" and calibration is not None and "calibration.method" not in overrides:
             overrides = overrides | {"calibration.data": calibration}
-        marks: list[tuple[float, str]] = []
         start = time.perf_counter()
-
-        def progress(message: str, start: float = start, marks: list = marks) -> None:
-            marks.append((time.perf_counter() - start, message))
-            log(f"{name} [{marks[-1][0]:6.1f}s] {message}")
-
+        marks = _Marks(name, start)
+        library_log = logging.getLogger("hubert_export")
+        library_log.addHandler(marks)
+        library_log.setLevel(logging.INFO)
         try:
             recipe = default_recipe(target, precision).with_overrides(**overrides)
-            result = export_artifact(model, out, recipe, overwrite=True, progress=progress)
+            result = export_artifact(model, out, recipe, overwrite=True)
         except (HubertExportError, ImportError) as exc:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             notes.append(f"{name} skipped: {reason}")
             log(f"{name} skipped: {reason}")
             continue
+        finally:
+            library_log.removeHandler(marks)
         seconds = time.perf_counter() - start
-        parity_start = next((t for t, m in marks if m.startswith("parity check")), None)
+        parity_start = next((t for t, m in marks.marks if m.startswith("parity check")), None)
         exports[name] = {"seconds": seconds, "seconds_before_parity_check": parity_start,
                          "parity_passed": result.passed, "size_bytes": result.size_bytes}
         if not result.passed:
             notes.append(f"{name} failed its parity check: {'; '.join(result.report.failures)[:300]}")
         subjects.append(artifact_subject(out, name))
     return subjects, exports
+
+
+class _Marks(logging.Handler):
+    """The library's progress lines of one export, timed from its start, also echoed."""
+
+    def __init__(self, name: str, start: float) -> None:
+        super().__init__(logging.INFO)
+        self.name_, self.start, self.marks = name, start, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.marks.append((time.perf_counter() - self.start, record.getMessage()))
+        log(f"{self.name_} [{self.marks[-1][0]:6.1f}s] {self.marks[-1][1]}")
 
 
 def optimum_python(python: str | None, notes: list[str]) -> str | None:
@@ -330,7 +347,9 @@ def main() -> None:
     subjects += [s for s in [optimum] if s]
     subjects.append(Subject("ours-eager-fp32", "eager", str(model)))
     if importlib.util.find_spec("transformers") is not None:
-        subjects.append(Subject("transformers-eager", "transformers", str(model)))
+        from baselines import transformers_subject  # benchmarks/baselines.py
+
+        subjects.append(transformers_subject("transformers-eager", model))
     else:
         notes.append("transformers eager skipped: transformers is not installed")
     baseline = subjects[-1].name
@@ -346,7 +365,11 @@ def main() -> None:
     results["exports"] = exports
     results["export_timing"] = export_timing
     results["comparisons"], extra = comparisons(results)
-    written = write_results(results, args.out, extra)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pngs, note = plot(results, args.out)
+    if note:
+        results["notes"].append(note)
+    written = write_results(results, args.out, extra) + pngs
     print((args.out / "bench.md").read_text(), end="")
     print(f"wrote {', '.join(str(p) for p in written)}")
 

@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -24,7 +25,7 @@ from hubert_export.errors import HubertExportError
 MIN_SAMPLES = 400
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 # Hugging Face adds this to the variance before the square root; matching it keeps parity exact.
-_NORM_EPS = 1e-7
+NORM_EPS = 1e-7
 
 
 def load_audio(
@@ -36,19 +37,11 @@ def load_audio(
         raise HubertExportError(
             f"sampling rate {sampling_rate} is not positive: pass the model's rate, usually 16000"
         )
-    if not path.exists():
-        raise HubertExportError(f"audio file {path} does not exist: check the path")
-    if not path.is_file():
-        raise HubertExportError(f"audio path {path} is not a file: pass a .wav, .flac or .ogg file")
+    _check_is_file(path)
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
-        # soundfile reports "not audio" and "corrupt" through several exception types.
-        raise HubertExportError(
-            f"cannot read audio file {path} ({_first_line(exc)}): "
-            "pass a valid WAV, FLAC or OGG recording"
-        ) from exc
-
+    except _SOUNDFILE_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     return _model_input(data, int(file_rate), sampling_rate, min_samples, f"audio file {path}")
 
 
@@ -63,7 +56,7 @@ def decode_audio(
     if isinstance(source, (bytes, bytearray)):
         try:
             data, file_rate = sf.read(io.BytesIO(source), dtype="float32", always_2d=True)
-        except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
+        except _SOUNDFILE_ERRORS as exc:
             raise HubertExportError(
                 f"cannot read {label} ({_first_line(exc)}): store WAV, FLAC or OGG audio") from exc
     else:
@@ -79,25 +72,113 @@ def decode_audio(
 def _model_input(data: np.ndarray, file_rate: int, sampling_rate: int, min_samples: int, label: str) -> np.ndarray:
     """(samples, channels) float32 at `file_rate` -> checked mono float32 at `sampling_rate`."""
     if data.shape[0] == 0:
-        raise HubertExportError(
-            f"{label} is empty (0 samples): pass a recording of at least "
-            f"{_min_duration_text(min_samples, sampling_rate)}"
-        )
+        _check_length(label, 0, min_samples, sampling_rate)
+    waveform = _resample(_finite_mono(label, data), file_rate, sampling_rate)
+    _check_length(label, waveform.shape[0], min_samples, sampling_rate)
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+# soundfile reports "not audio" and "corrupt" through several exception types.
+_SOUNDFILE_ERRORS = (sf.SoundFileError, RuntimeError, ValueError, TypeError)
+
+
+def _check_is_file(path: Path) -> None:
+    if not path.exists():
+        raise HubertExportError(f"audio file {path} does not exist: check the path")
+    if not path.is_file():
+        raise HubertExportError(f"audio path {path} is not a file: pass a .wav, .flac or .ogg file")
+
+
+def _unreadable(path: Path, exc: BaseException) -> HubertExportError:
+    return HubertExportError(f"cannot read audio file {path} ({_first_line(exc)}): "
+                             "pass a valid WAV, FLAC or OGG recording")
+
+
+def _finite_mono(label: str, data: np.ndarray) -> np.ndarray:
+    """(samples, channels) float32 -> (samples,): channels averaged; NaN or Inf refused."""
     if not np.isfinite(data).all():
         raise HubertExportError(
             f"{label} contains NaN or Inf samples: re-export the recording "
             "as finite PCM or float audio"
         )
+    return data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
 
-    waveform = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    waveform = _resample(waveform, file_rate, sampling_rate)
 
-    if waveform.shape[0] < min_samples:
+def _check_length(label: str, num_samples: int, min_samples: int, sampling_rate: int) -> None:
+    if num_samples == 0:
         raise HubertExportError(
-            f"{label} is too short ({waveform.shape[0]} samples at {sampling_rate} Hz): "
+            f"{label} is empty (0 samples): pass a recording of at least "
+            f"{_min_duration_text(min_samples, sampling_rate)}"
+        )
+    if num_samples < min_samples:
+        raise HubertExportError(
+            f"{label} is too short ({num_samples} samples at {sampling_rate} Hz): "
             f"pass a recording of at least {_min_duration_text(min_samples, sampling_rate)}"
         )
-    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+class AudioStream:
+    """A recording read in blocks as float32 mono at `sampling_rate`; only the block asked for is held.
+
+    Blocks of a resampled file equal the same samples of `load_audio`'s whole-file resampling: each
+    read starts where scipy's polyphase filter is in phase and carries a margin wider than the
+    filter. `largest_block` records the longest block returned, to check that memory stays bounded.
+    """
+
+    def __init__(self, path: str | Path, sampling_rate: int = 16000) -> None:
+        self.path = Path(path)
+        _check_is_file(self.path)
+        try:
+            self._file = sf.SoundFile(str(self.path))
+        except _SOUNDFILE_ERRORS as exc:
+            raise _unreadable(self.path, exc) from None
+        self.sampling_rate = sampling_rate
+        divisor = math.gcd(self._file.samplerate, sampling_rate)
+        self.up, self.down = sampling_rate // divisor, self._file.samplerate // divisor
+        self._source_frames = max(self._file.frames, 0)
+        # resample_poly's output length, and its filter's half length converted to source samples.
+        self.num_samples = -(-self._source_frames * self.up // self.down)
+        self._margin = self.down * math.ceil((10 * max(self.up, self.down) / self.up + 1) / self.down)
+        self.largest_block = 0
+
+    def check_length(self, min_samples: int = MIN_SAMPLES) -> None:
+        _check_length(f"audio file {self.path}", self.num_samples, min_samples, self.sampling_rate)
+
+    def _read_source(self, start: int, stop: int) -> np.ndarray:
+        try:
+            self._file.seek(start)
+            data = self._file.read(stop - start, dtype="float32", always_2d=True)
+        except _SOUNDFILE_ERRORS as exc:
+            raise _unreadable(self.path, exc) from None
+        if data.shape[0] != stop - start:
+            raise HubertExportError(f"audio file {self.path} ends after {start + data.shape[0]} of the "
+                                    f"{self._source_frames} samples its header announces (truncated?): "
+                                    "re-export the recording")
+        return _finite_mono(f"audio file {self.path}", data)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) at the model's rate; `start` must be a multiple of `self.up`."""
+        if self.up == self.down:
+            block = self._read_source(start, stop)
+        else:
+            if start % self.up:
+                raise ValueError(f"block start {start} is not a multiple of {self.up}")
+            first, last = start * self.down // self.up, -(-stop * self.down // self.up)
+            begin, end = max(0, first - self._margin), min(self._source_frames, last + self._margin)
+            resampled = resample_poly(self._read_source(begin, end), self.up, self.down)
+            offset = (first - begin) * self.up // self.down
+            block = resampled[offset: offset + stop - start].astype(np.float32, copy=False)
+        self.largest_block = max(self.largest_block, block.shape[0])
+        return block
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -132,7 +213,7 @@ def normalize(waveform: np.ndarray) -> np.ndarray:
         raise HubertExportError(
             f"cannot normalise a waveform of shape {values.shape}: pass a non-empty 1-D array"
         )
-    return (values - values.mean()) / np.sqrt(values.var() + _NORM_EPS)
+    return (values - values.mean()) / np.sqrt(values.var() + NORM_EPS)
 
 
 @dataclass
@@ -222,12 +303,12 @@ def prepare_batch(waveforms: list[np.ndarray], config: FeatureExtractorConfig) -
     if config.do_normalize:
         for row, length in zip(input_values, lengths):
             if config.return_attention_mask:
-                row[:] = (row - row[:length].mean()) / np.sqrt(row[:length].var() + _NORM_EPS)
+                row[:] = (row - row[:length].mean()) / np.sqrt(row[:length].var() + NORM_EPS)
                 row[length:] = config.padding_value
             else:
                 # Without an attention mask Hugging Face normalises the padded row, padding
                 # included; the model was evaluated that way, so parity requires the same.
-                row[:] = (row - row.mean()) / np.sqrt(row.var() + _NORM_EPS)
+                row[:] = (row - row.mean()) / np.sqrt(row.var() + NORM_EPS)
 
     batch = {"input_values": input_values}
     if config.return_attention_mask:

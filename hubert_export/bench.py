@@ -59,17 +59,16 @@ removed bumps it):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import inspect
 import itertools
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +76,8 @@ from typing import Any
 import numpy as np
 
 from hubert_export.errors import HubertExportError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SAMPLE_RATE = 16_000
@@ -92,6 +93,9 @@ class Subject:
     kind: str  # one of SUBJECT_KINDS
     path: str  # artifact directory, checkpoint directory, or ONNX file
     config_dir: str | None = None  # where config.json is, for the FLOP count (default: path or its folder)
+    # "module:function" or "path/to/file.py:function" returning a Runner for (subject, threads): how
+    # subjects from outside the package open (benchmarks/baselines.py: transformers' eager model).
+    opener: str | None = None
 
 
 def artifact_subject(path: str | Path, name: str | None = None) -> Subject:
@@ -100,19 +104,6 @@ def artifact_subject(path: str | Path, name: str | None = None) -> Subject:
 
 # --------------------------------------------------------------------------------------------
 # Statistics and the ceiling
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear between order statistics: numpy.percentile's default."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} is outside 0..100")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def matmul_ceiling(size: int = 4096, repeats: int = 5, threads: int | None = None) -> dict[str, Any]:
@@ -131,7 +122,7 @@ def matmul_ceiling(size: int = 4096, repeats: int = 5, threads: int | None = Non
     finally:
         if limit is not None:
             limit.restore_original_limits()
-    median = percentile(runs, 50)
+    median = float(np.median(runs))
     return {"library": "numpy", "dtype": "float32", "size": size, "threads": threads, "runs_s": runs,
             "gflops": 2 * size**3 / median / 1e9}
 
@@ -152,7 +143,7 @@ def _blas_threads(threads: int | None) -> Any:
 
 
 def open_subject(subject: Subject, threads: int | None = None) -> Any:
-    """A `Runner` for `subject`, with `threads` intra-op threads where the runtime takes a count."""
+    """An inactive `Runner` for `subject`, with `threads` intra-op threads where the runtime takes a count."""
     if subject.kind not in SUBJECT_KINDS:
         raise HubertExportError(f"unknown subject kind {subject.kind!r}: choose one of {', '.join(SUBJECT_KINDS)}")
     if subject.kind in ("eager", "transformers") and threads:
@@ -164,48 +155,38 @@ def open_subject(subject: Subject, threads: int | None = None) -> Any:
         from hubert_export.backends import get_backend
 
         artifact = Artifact.open(subject.path)
-        load = get_backend(artifact.target).load
-        # Back ends name their options themselves; pass a thread count only to those that take one.
-        options = {"threads": threads} if threads and "threads" in inspect.signature(load).parameters else {}
-        return load(artifact, **options)
+        return get_backend(artifact.target).load(artifact, threads=threads or None)
     if subject.kind == "onnx-file":
         from hubert_export.backends.onnxruntime import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(Path(subject.path), threads=threads or 0)
-    config, task = _config_and_task(subject)
-    if subject.kind == "eager":
-        from hubert_export.runner import EagerRunner
-        from hubert_export.tasks import get_task
+    if subject.opener is not None:
+        return _resolve(subject.opener)(subject, threads)
+    if subject.kind != "eager":
+        raise HubertExportError(f"subject {subject.name} of kind {subject.kind} needs an opener "
+                                "(benchmarks/baselines.py has the transformers one)")
+    from hubert_export.runner import EagerRunner
+    from hubert_export.tasks import get_task
 
-        spec = get_task(task)
-        return EagerRunner(spec.model_class.from_pretrained(subject.path), spec)
-    return TransformersRunner(subject.path, task)
-
-
-class TransformersRunner:
-    """transformers' own eager model (default attention implementation): the usual starting point."""
-
-    def __init__(self, checkpoint: str | Path, task: str) -> None:
-        import transformers
-
-        classes = {"ctc": "HubertForCTC", "sequence-classification": "HubertForSequenceClassification"}
-        self.model = getattr(transformers, classes.get(task, "HubertModel")).from_pretrained(checkpoint).eval()
-        self.name = "transformers"
-        self.input_names = ["input_values"]
-        self.output_names = ["logits" if task in classes else "last_hidden_state"]
-
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(inputs["input_values"])))
-        return {name: getattr(out, name).float().numpy() for name in self.output_names}
-
-    def close(self) -> None:
-        self.model = None
+    spec = get_task(config_and_task(subject)[1])
+    return EagerRunner(spec.model_class.from_pretrained(subject.path), spec)
 
 
-def _config_and_task(subject: Subject) -> tuple[Any, str]:
+def _resolve(opener: str) -> Any:
+    import importlib
+    import importlib.util
+
+    location, _, name = opener.rpartition(":")
+    if location.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(Path(location).stem, location)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(location)
+    return getattr(module, name)
+
+
+def config_and_task(subject: Subject) -> tuple[Any, str]:
     from hubert_export.model import HubertConfig
     from hubert_export.tasks import infer_task
 
@@ -304,10 +285,10 @@ def _memory_probe(request_json: str) -> None:
         get_backend(Artifact.open(subject.path).target)
     elif subject.kind == "onnx-file":
         import hubert_export.backends.onnxruntime  # noqa: F401
-    elif subject.kind == "transformers":
-        import transformers  # noqa: F401
+    if subject.opener is not None:
+        _resolve(subject.opener)  # imports what the opener's module imports (transformers)
     baseline = _vm_hwm_bytes()
-    runner = open_subject(subject, request["threads"])
+    runner = open_subject(subject, request["threads"]).activate()
     runner.infer(_inputs(runner, request["batch"], request["samples"]))
     print(json.dumps({"baseline_rss_bytes": baseline, "peak_rss_bytes": _vm_hwm_bytes()}))
 
@@ -344,10 +325,8 @@ def run_benchmark(
     baseline: str | None = None,
     memory: bool = True,
     ceiling_size: int = 4096,
-    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every subject at every length x batch; returns the bench.json document."""
-    log = progress or (lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True))
     if repeats < 1 or warmup < 0:
         raise HubertExportError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
     if not subjects:
@@ -359,9 +338,9 @@ def run_benchmark(
     shapes = [(b, int(round(s * SAMPLE_RATE))) for s in lengths for b in batches]
     notes: list[str] = []
 
-    log(f"matmul ceiling: numpy float32 {ceiling_size}x{ceiling_size}")
+    log.info(f"matmul ceiling: numpy float32 {ceiling_size}x{ceiling_size}")
     ceiling = matmul_ceiling(ceiling_size, threads=threads)
-    log(f"matmul ceiling: {ceiling['gflops']:.1f} GFLOP/s")
+    log.info(f"matmul ceiling: {ceiling['gflops']:.1f} GFLOP/s")
 
     records: list[dict[str, Any]] = []
     runners: dict[str, Any] = {}
@@ -371,16 +350,16 @@ def run_benchmark(
                                   "error": None, "load_seconds": None, "memory": None}
         try:
             record.update(_artifact_info(subject))
-            config, task = _config_and_task(subject)
+            config, task = config_and_task(subject)
             record["task"] = task
             flop_config[subject.name] = (config, task)
             start = time.perf_counter()
-            runners[subject.name] = open_subject(subject, threads)
+            runners[subject.name] = open_subject(subject, threads).activate()
             record["load_seconds"] = time.perf_counter() - start
-            log(f"loaded {subject.name} in {record['load_seconds']:.2f} s")
+            log.info(f"loaded {subject.name} in {record['load_seconds']:.2f} s")
         except Exception as exc:  # noqa: BLE001 - one subject that cannot load must not stop the others
             record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log(f"cannot load {subject.name}: {record['error']}")
+            log.info(f"cannot load {subject.name}: {record['error']}")
         records.append(record)
     if baseline is not None and baseline not in runners:
         notes.append(f"baseline {baseline} could not be loaded: no speed-ups")
@@ -407,7 +386,7 @@ def run_benchmark(
                 active[name] = (runner, inputs)
             except Exception as exc:  # noqa: BLE001 - outside the shape range, out of memory, ...
                 row["skipped"] = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-                log(f"{name} {seconds:g} s x{batch}: skipped ({row['skipped']})")
+                log.info(f"{name} {seconds:g} s x{batch}: skipped ({row['skipped']})")
         order = list(active)
         for r in range(repeats if order else 0):
             # Round-robin, so drift in machine load hits every subject alike; rotated each repeat and
@@ -419,7 +398,7 @@ def run_benchmark(
                 start = time.perf_counter()
                 runner.infer(inputs)
                 rows[name]["runs_s"].append(time.perf_counter() - start)
-            log(f"{seconds:g} s x{batch} repeat {r + 1}/{repeats}: "
+            log.info(f"{seconds:g} s x{batch} repeat {r + 1}/{repeats}: "
                 + ", ".join(f"{n} {rows[n]['runs_s'][-1]:.3f} s" for n in order))
         base = rows.get(baseline) if baseline else None
         for name, row in rows.items():
@@ -433,7 +412,7 @@ def run_benchmark(
     if memory:
         for record, subject in zip(records, subjects):
             if record["error"] is None:
-                log(f"peak memory of {subject.name} (fresh process)")
+                log.info(f"peak memory of {subject.name} (fresh process)")
                 record["memory"] = measure_memory(subject, shapes, threads)
         if _vm_hwm_bytes() is None:
             notes.append("peak memory not measured: /proc/self/status has no VmHWM on this system")
@@ -468,12 +447,12 @@ def _summarise(row: dict[str, Any], ceiling_gflops: float, base: dict[str, Any] 
         row.update(dict.fromkeys(keys))
         row.setdefault("gflop", None)
         return
-    p50 = percentile(runs, 50)
+    p50, p90, p99 = (float(v) for v in np.percentile(runs, [50, 90, 99]))
     audio = row["batch"] * row["seconds"]
-    row.update(p50_s=p50, p90_s=percentile(runs, 90), p99_s=percentile(runs, 99), mean_s=sum(runs) / len(runs),
+    row.update(p50_s=p50, p90_s=p90, p99_s=p99, mean_s=sum(runs) / len(runs),
                throughput_audio_s_per_s=audio / p50, real_time_factor=p50 / audio,
                ceiling_share=row["gflop"] / p50 / ceiling_gflops,
-               speedup=percentile(base["runs_s"], 50) / p50 if base and base["runs_s"] else None)
+               speedup=float(np.median(base["runs_s"])) / p50 if base and base["runs_s"] else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,147 +503,18 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.3f} s"
 
 
-def plot(results: dict[str, Any], out_dir: Path) -> tuple[list[Path], str | None]:
-    """latency.png and (with a baseline) accuracy_vs_speedup.png; (files, note when skipped)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "plots skipped: matplotlib is not installed (pip install hubert-export[bench])"
-    written = []
-    measured = [m for m in results["measurements"] if m["p50_s"] is not None]
-    batches = sorted({m["batch"] for m in measured})
-    if measured:
-        fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
-        for ax, batch in zip(axes[0], batches):
-            for name in dict.fromkeys(m["subject"] for m in measured):
-                points = sorted((m["seconds"], m["p50_s"]) for m in measured if m["subject"] == name
-                                and m["batch"] == batch)
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-            ax.set(xlabel="audio length (s)", ylabel="p50 latency (s)", title=f"batch {batch}")
-            ax.grid(True, alpha=0.3)
-        axes[0][0].legend(fontsize="small")
-        fig.tight_layout()
-        written.append(out_dir / "latency.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
-    accuracy = {r["name"]: r["accuracy"]["headline"] for r in results["subjects"]
-                if r.get("accuracy") and r["accuracy"]["headline"].get("value") is not None}
-    if results["settings"]["baseline"] is None or not accuracy:
-        return written, None if written else "plots skipped: no measurement succeeded"
-    # One point per subject at the largest smallest-batch shape: the interactive-use case.
-    batch = min(batches)
-    seconds = max(m["seconds"] for m in measured if m["batch"] == batch)
-    points = {m["subject"]: m["speedup"] for m in measured
-              if m["batch"] == batch and m["seconds"] == seconds and m["speedup"] is not None}
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, head in accuracy.items():
-        if name in points:
-            ax.scatter(points[name], head["value"])
-            ax.annotate(name, (points[name], head["value"]), fontsize="small", xytext=(4, 4),
-                        textcoords="offset points")
-    metrics = sorted({h["metric"] for h in accuracy.values()})
-    ax.set(xlabel=f"speed-up over {results['settings']['baseline']} ({seconds:g} s, batch {batch})",
-           ylabel=" / ".join(metrics) + " (parity, worst case)", title="accuracy delta vs speed-up")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    written.append(out_dir / "accuracy_vs_speedup.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-    return written, None
-
-
 def write_results(results: dict[str, Any], out_dir: str | Path, extra_markdown: str = "") -> list[Path]:
-    """bench.json, bench.md and the plots in `out_dir`; returns the files written."""
+    """bench.json and bench.md in `out_dir`; returns the files written (benchmarks/plots.py draws them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pngs, note = plot(results, out_dir)
-    if note:
-        results["notes"].append(note)
     from hubert_export.artifact import _json_default
 
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
     (out_dir / "bench.md").write_text(markdown(results) + extra_markdown)
-    return [out_dir / "bench.json", out_dir / "bench.md", *pngs]
+    return [out_dir / "bench.json", out_dir / "bench.md"]
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def _list(kind: type) -> Callable[[str], list]:
-    def parse(text: str) -> list:
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            values = []
-        if not values or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive numbers")
-        return values
-    return parse
-
-
-def bench_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hubert-export bench",
-        description="Latency (p50/p90/p99), throughput, peak memory, load time, size, FLOPs and share of the "
-                    "matmul ceiling of built artifacts, measured round-robin in one process.",
-    )
-    parser.add_argument("artifacts", type=Path, nargs="*", metavar="ARTIFACT_DIR", help="artifact directories")
-    parser.add_argument("--lengths", type=_list(float), default=[1, 5, 10, 30], metavar="S,S,...",
-                        help="audio lengths in seconds (default 1,5,10,30)")
-    parser.add_argument("--batch", type=_list(int), default=[1], metavar="B,B,...", help="batch sizes (default 1)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per subject and shape (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: each runtime's own default)")
-    parser.add_argument("--output", type=Path, metavar="DIR", help="write bench.json, bench.md and plots here")
-    parser.add_argument("--eager", type=Path, metavar="CHECKPOINT",
-                        help="also measure the eager PyTorch model of this checkpoint (a directory or a cached "
-                             "model id), and use it as the baseline")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--ceiling-size", type=int, default=4096, metavar="N",
-                        help="matrix size of the float32 matmul that measures the ceiling (default 4096)")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return parser
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    from hubert_export.artifact import Artifact
-
-    for path in args.artifacts:
-        Artifact.open(path)  # a wrong path is the user's mistake: exit 2, not a row marked "error"
-    subjects = [artifact_subject(path) for path in args.artifacts]
-    baseline = None
-    if args.eager is not None:
-        from hubert_export.hub import resolve_model  # an owner/name id: its snapshot in the hub cache
-
-        args.eager = resolve_model(args.eager)
-        if not (args.eager / "config.json").is_file():
-            raise HubertExportError(f"--eager {args.eager} is not a checkpoint directory (no config.json): "
-                                    "pass a Hugging Face checkpoint directory")
-        subjects.append(Subject("eager-fp32", "eager", str(args.eager)))
-        baseline = "eager-fp32"
-    names = [s.name for s in subjects]
-    for i, subject in enumerate(subjects):  # two artifacts in same-named folders of different parents
-        if names.count(subject.name) > 1:
-            subject.name = f"{subject.name}-{i}"
-    results = run_benchmark(subjects, lengths=args.lengths, batches=args.batch, repeats=args.repeats,
-                            warmup=args.warmup, threads=args.threads, baseline=baseline,
-                            memory=not args.no_memory, ceiling_size=args.ceiling_size, progress=(lambda _: None) if args.quiet else None)
-    written = write_results(results, args.output) if args.output is not None else []
-    print(markdown(results), end="")
-    if written:
-        print(f"wrote {', '.join(str(p) for p in written)}")
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory-probe":
-        _memory_probe(sys.argv[2])
-    else:
-        from hubert_export.cli import main
-
-        sys.exit(main(["bench", *sys.argv[1:]]))
+if __name__ == "__main__":  # the memory probe's fresh process (`measure_memory`)
+    if len(sys.argv) != 3 or sys.argv[1] != "--memory-probe":
+        sys.exit("usage: python -m hubert_export.bench --memory-probe REQUEST_JSON (the CLI is hubert-export bench)")
+    _memory_probe(sys.argv[2])

@@ -9,7 +9,7 @@ Both are what the CLI calls; both read and write only the artifact's manifest an
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +21,7 @@ import numpy as np
 
 from hubert_export import artifact as artifacts
 from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_audio, prepare_batch
-from hubert_export.backends import BuildContext, get_backend
+from hubert_export.backends import Backend, BuildInputs, ExportedGraph, get_backend
 from hubert_export.corpus import CorpusOptions
 from hubert_export.errors import HubertExportError
 from hubert_export.hub import resolve_model
@@ -31,24 +31,14 @@ from hubert_export.parity import (ParityReport, builtin_cases, data_cases, fit_c
                                   thresholds_for)
 from hubert_export.recipes import Recipe, ShapeRange
 from hubert_export.runner import EagerRunner, WindowRunner
-from hubert_export.tasks import INPUT_AXES, frame_axes, get_task, infer_task, output_axes
+from hubert_export.tasks import TaskSpec, family_of, frame_axes
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL_DIR = DATA_DIR / "tiny-ctc"
 BUILTIN_CALIBRATION_DIR = DATA_DIR / "calibration"
 EXPORT_NAME = "export.onnx"  # after the back end's graph passes: what its build starts from
 
-
-class Progress:
-    """Timestamped step lines on stderr: long builds show where they are."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,22 +56,23 @@ class BuildResult:
 
 def _load_model(model_dir: Path, task_name: str):
     config = HubertConfig.from_pretrained(model_dir)
-    task = get_task(infer_task(config) if task_name == "auto" else task_name)
-    head = {"ctc": "lm_head", "sequence-classification": "classifier"}.get(task.name)
+    family = family_of(config)
+    task = family.task(family.infer_task(config) if task_name == "auto" else task_name)
+    head = task.head_prefix
     # from_pretrained initialises a missing head at random (for fine-tuning); an export of one is garbage.
-    if head and not any(k.startswith(f"{head}.") for k in load_checkpoint_state(model_dir)):  # mmap: names only
+    if head and not any(k.startswith(head) for k in load_checkpoint_state(model_dir)):  # mmap: names only
         raise HubertExportError(
-            f"checkpoint {model_dir} has no {head} weights, so it was not fine-tuned for --task {task.name}: "
-            f"pass a {task.model_class.__name__} checkpoint, or --task feature-extraction")
+            f"checkpoint {model_dir} has no {head.rstrip('.')} weights, so it was not fine-tuned for --task "
+            f"{task.name}: pass a {task.model_class.__name__} checkpoint, or --task {family.default_task}")
     return config, task, task.model_class.from_pretrained(model_dir)
 
 
-def _calibration_loader(recipe: Recipe, fe: FeatureExtractorConfig, input_names: list[str],
-                        log: Callable[[str], None]) -> Callable[[], list[dict[str, np.ndarray]]]:
+def _calibration_loader(recipe: Recipe, fe: FeatureExtractorConfig,
+                        input_names: list[str]) -> Callable[[], list[dict[str, np.ndarray]]]:
     def load() -> list[dict[str, np.ndarray]]:
         directory = recipe.calibration.data or BUILTIN_CALIBRATION_DIR
         files = iter_audio_files(directory)[: recipe.calibration.subset_size]
-        log(f"reading {len(files)} calibration recordings from {directory}")
+        log.info(f"reading {len(files)} calibration recordings from {directory}")
         max_samples = recipe.shapes.max.samples
         batches = []
         for path in files:
@@ -99,7 +90,6 @@ def export_artifact(
     *,
     overwrite: bool = False,
     data_dir: str | Path | None = None,
-    progress: Callable[[str], None] | None = None,
     latency_repeats: int = 3,
     corpus_options: CorpusOptions | None = None,
     normalize: bool = True,
@@ -111,21 +101,21 @@ def export_artifact(
     reported by `BuildResult.passed`. The latency is the median of `latency_repeats` runs at the
     recipe's opt shape (0: not measured). `model_dir` may be a model id in the local Hugging Face
     cache; `corpus_options` and `normalize` say how `data_dir` is read and its transcripts scored.
+    Progress goes to the `hubert_export` logger.
     """
-    log = progress or Progress()
     model_dir = resolve_model(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     if not model_dir.is_dir():
         raise HubertExportError(f"model directory {model_dir} does not exist: pass --model a checkpoint directory "
                                 "or a model id (owner/name) in the local Hugging Face cache")
     backend = get_backend(recipe.target)  # an unusable target fails before any work
-    if hasattr(backend, "check_available"):
-        backend.check_available(recipe)
-    log(f"loading {model_dir}")
+    backend.check_available(recipe)
+    log.info(f"loading {model_dir}")
     config, task, model = _load_model(model_dir, recipe.task)
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = fe.return_attention_mask if recipe.export.attention_mask == "auto" else bool(recipe.export.attention_mask)
-    input_names = ["input_values"] + (["attention_mask"] if with_mask else [])
-    axes = output_axes(task, recipe.export.output_hidden_states)
+    family = family_of(config)
+    input_names = family.input_names(with_mask)
+    output_names = [s.name for s in family.outputs(task, recipe.export.output_hidden_states)]
 
     # Hashing reads the whole checkpoint; hashlib and file reads release the GIL, so it runs on the
     # second core while the (mostly single-threaded) export runs on the first.
@@ -136,54 +126,52 @@ def export_artifact(
 
         work = tmp / ".work"
         work.mkdir()
-        exported = serialized = None
-        # LiteRT and ExecuTorch convert the PyTorch model themselves: no ONNX export for them.
-        if getattr(backend, "EXPORTS_ONNX", True):
-            log(f"exporting {task.name} to ONNX")
+        graph = checked = None
+        if backend.needs_onnx:
+            log.info(f"exporting {task.name} to ONNX")
             exported, serialized = export_onnx_serialized(
                 model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
-                output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter, log=log,
+                output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter,
                 check=False, parse=False)
-        # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
-        # the artifact is not finished until it has passed.
-        checked = pool.submit(check_onnx, serialized) if serialized is not None else None
+            # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
+            # the artifact is not finished until it has passed.
+            checked = pool.submit(check_onnx, serialized) if serialized is not None else None
         try:
-            ctx = BuildContext(work / EXPORT_NAME, tmp, recipe, config, fe, task, input_names, list(axes), log,
-                               _calibration_loader(recipe, fe, input_names, log), exported=exported,
-                               serialized=serialized, model=model)
             pass_names = backend.graph_passes(recipe)
-            if pass_names:
-                ctx.exported, ctx.serialized = run_passes(ctx.onnx_model(), pass_names, log=log), None
-            log(f"building the {recipe.target} {recipe.precision} artifact")
-            backend_section = {**backend.build(ctx), "graph_passes": pass_names}
+            if graph is None and backend.needs_onnx:
+                graph = ExportedGraph(work / EXPORT_NAME, exported, serialized)
+                if pass_names:
+                    graph = ExportedGraph(work / EXPORT_NAME, run_passes(graph.model(), pass_names))
+            inputs = BuildInputs(tmp, work, recipe, config, fe, task, input_names, output_names, graph,
+                                 _calibration_loader(recipe, fe, input_names), model=model)
+            log.info(f"building the {recipe.target} {recipe.precision} artifact")
+            built = backend.build(inputs)
+            backend_section = {**built.section, "graph_passes": pass_names}
         finally:
             # A model the checker rejects explains any later failure: its error is the one reported.
             if checked is not None:
                 checked.result()
         _remove_tree(work)
-        # A back end that accepts less than the recipe's range (one fixed shape, a fixed batch)
-        # records what it built: runners, parity, bench and transcribe read it from the manifest.
-        built_range = backend_section.pop("shape_range", None) or recipe.shapes.range.to_dict()
         artifacts.copy_checkpoint_metadata(model_dir, tmp)
         manifest = artifacts.new_manifest(
             source={"checkpoint": str(model_dir.resolve()), "checkpoint_sha256": checkpoint_sha256.result(),
                     "architecture": task.model_class.__name__},
             task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
-            io=_io_section(input_names, axes, config, task.name),
-            shape_range=built_range,
+            io=family.io_section(input_names, task, recipe.export.output_hidden_states, config),
+            shape_range=(built.shape_range or recipe.shapes.range).to_dict(),
             backend=backend_section,
         )
-        artifacts.write_manifest(tmp, manifest, known_sha256=ctx.file_sha256)
+        artifacts.write_manifest(tmp, manifest, known_sha256=built.file_sha256)
         artifact = artifacts.Artifact.open(tmp)
-        report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
-                                         data_dir=Path(data_dir) if data_dir else None, log=log,
+        report, latency, shape = _verify(artifact, backend, model, config, task, fe, with_mask, recipe,
+                                         data_dir=Path(data_dir) if data_dir else None,
                                          latency_repeats=latency_repeats, corpus_options=corpus_options,
                                          normalize=normalize)
         report.write(tmp)
         artifact.update_manifest("parity", _parity_summary(report, latency, shape))
     final = Path(output)
     size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
-    log(f"artifact written to {final} ({size / 1e6:.1f} MB), parity {'PASS' if report.passed else 'FAIL'}")
+    log.info(f"artifact written to {final} ({size / 1e6:.1f} MB), parity {'PASS' if report.passed else 'FAIL'}")
     return BuildResult(final, size, report, latency, shape)
 
 
@@ -193,15 +181,13 @@ def check_artifact(
     data_dir: str | Path | None = None,
     reference: str | Path | None = None,
     junit: str | Path | None = None,
-    progress: Callable[[str], None] | None = None,
     latency_repeats: int = 3,
     corpus_options: CorpusOptions | None = None,
     normalize: bool = True,
 ) -> ParityReport:
     """Re-run an artifact's parity gate against its source checkpoint (the CI accuracy gate)."""
-    log = progress or Progress()
     artifact = artifacts.Artifact.open(artifact_dir)
-    log(f"verifying the files of {artifact.path}")
+    log.info(f"verifying the files of {artifact.path}")
     artifact.verify_files()
     manifest = artifact.manifest
     source = manifest.get("source", {})
@@ -222,8 +208,8 @@ def check_artifact(
     config, task, model = _load_model(model_dir, manifest["task"])
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
-    report, latency, shape = _verify(artifact, model, config, task.name, fe, with_mask, recipe,
-                                     data_dir=Path(data_dir) if data_dir else None, log=log,
+    report, latency, shape = _verify(artifact, get_backend(artifact.target), model, config, task, fe, with_mask,
+                                     recipe, data_dir=Path(data_dir) if data_dir else None,
                                      latency_repeats=latency_repeats, corpus_options=corpus_options,
                                      normalize=normalize)
     report.write(artifact.path)
@@ -233,20 +219,22 @@ def check_artifact(
     return report
 
 
-def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str, fe: FeatureExtractorConfig,
-            with_mask: bool, recipe: Recipe, *, data_dir: Path | None, log: Callable[[str], None],
+def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: HubertConfig, task: TaskSpec,
+            fe: FeatureExtractorConfig, with_mask: bool, recipe: Recipe, *, data_dir: Path | None,
             latency_repeats: int, corpus_options: CorpusOptions | None = None, normalize: bool = True):
     from hubert_export.tokenizer import CTCTokenizer
 
+    # What the artifact accepts: the recipe's range unless the back end built for less.
     shape_range = artifact.shape_range() or recipe.shapes.range
-    fixed = shape_range.min == shape_range.max  # built for one shape (LiteRT)
-    cases = builtin_cases(fe, with_mask, max_samples=None if fixed else shape_range.max.samples)
+    window = shape_range.opt if shape_range.min == shape_range.max else None
+    max_samples = None if window else shape_range.max.samples
+    cases = builtin_cases(fe, with_mask, max_samples=max_samples)
     if data_dir is not None:
-        cases += data_cases(data_dir, fe, with_mask, max_samples=None if fixed else shape_range.max.samples,
-                            options=corpus_options)
-    static = recipe.openvino.static_shape if recipe.target == "openvino" else None
-    if fixed:  # every case run through the window the artifact takes, as transcribe runs audio
-        cases = fit_cases(cases, shape_range.opt.samples)
+        cases += data_cases(data_dir, fe, with_mask, max_samples=max_samples, options=corpus_options)
+    static = backend.static_shape(recipe)
+    if window is not None:  # built for one shape (LiteRT): every case run through it, as transcribe runs audio
+        cases = fit_cases(cases, window.samples)
+        static = None
     else:
         cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
     if static is not None:  # compiled for this one shape: checked and timed at it
@@ -254,21 +242,21 @@ def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: str
         cases = [c for c in cases if c.inputs["input_values"].shape == (static.batch, static.samples)]
         cases.append(shape_case(fe, with_mask, static.batch, static.samples))
     tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
-    reference = EagerRunner(model, get_task(task), with_attention_mask=with_mask,
+    reference = EagerRunner(model, task, with_attention_mask=with_mask,
                             output_hidden_states=recipe.export.output_hidden_states)
-    thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit())
-    log(f"parity check: {len(cases)} cases against the eager model")
-    with get_backend(artifact.target).load(artifact) as candidate:
-        if fixed:
-            candidate = WindowRunner(candidate, shape_range.opt.batch, shape_range.opt.samples, config.num_frames,
-                                     frame_axes(get_task(task), recipe.export.output_hidden_states))
-        report = run_parity(reference, candidate, cases, config=config, task=task, target=artifact.target,
-                            precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer, progress=log,
+    thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit(), family_of(config).thresholds)
+    log.info(f"parity check: {len(cases)} cases against the eager model")
+    with reference, backend.load(artifact) as loaded:
+        candidate = loaded if window is None else WindowRunner(
+            loaded, window.batch, window.samples, config.num_frames,
+            frame_axes(task, recipe.export.output_hidden_states)).activate()
+        report = run_parity(reference, candidate, cases, config=config, task=task.name, target=artifact.target,
+                            precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer,
                             normalize=normalize)
         opt = shape_range.opt
         latency = None
         if latency_repeats > 0:
-            log(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
+            log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
             latency = _median_latency(candidate, fe, with_mask, opt.batch, opt.samples, latency_repeats)
     return report, latency, [opt.batch, opt.samples]
 
@@ -295,23 +283,6 @@ def _parity_summary(report: ParityReport, latency: float | None, shape: list[int
             "failures": report.failures, "cases": len(report.cases), "ground_truth": report.ground_truth,
             "latency_seconds": latency, "latency_shape": shape,
             "checked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _io_section(input_names: list[str], axes: dict[str, dict[int, str]], config: HubertConfig, task: str):
-    def shape(name: str, axis_names: dict[int, str], rank: int, fixed: dict[int, int]) -> list[Any]:
-        return [axis_names.get(i, fixed.get(i)) for i in range(rank)]
-
-    inputs = [{"name": n, "dtype": "float32" if n == "input_values" else "int64",
-               "shape": shape(n, INPUT_AXES[n], 2, {})} for n in input_names]
-    widths = {"last_hidden_state": {2: config.hidden_size}, "logits": {2: config.vocab_size}
-              if task == "ctc" else {1: config.num_labels},
-              "hidden_states": {1: config.num_hidden_layers + 1, 3: config.hidden_size}}
-    ranks = {"last_hidden_state": 3, "hidden_states": 4, "logits": 3 if task == "ctc" else 2}
-    outputs = [{"name": n, "dtype": "float32", "shape": shape(n, a, ranks[n], widths[n])} for n, a in axes.items()]
-    dynamic = {n: {str(k): v for k, v in INPUT_AXES[n].items()} for n in input_names}
-    dynamic.update({n: {str(k): v for k, v in a.items()} for n, a in axes.items()})
-    return {"inputs": inputs, "outputs": outputs, "dynamic_axes": dynamic,
-            "frames": {"stride_samples": config.inputs_to_logits_ratio, "receptive_field": config.receptive_field}}
 
 
 def _remove_tree(path: Path) -> None:

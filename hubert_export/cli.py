@@ -12,15 +12,33 @@ only with --debug), 3 an internal error, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
+import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hubert_export.errors import EXIT_OK, EXIT_PARITY_FAILED, HubertExportError
 
 EXIT_INTERNAL = 3
-SUBCOMMANDS = ("build", "check", "transcribe", "bench")
+SUBCOMMANDS = ("build", "check", "transcribe", "bench")  # no command: build
+
+
+class ProgressHandler(logging.Handler):
+    """Timestamped step lines on stderr (`[  12.3s] message`): long builds show where they are.
+    The clock starts at the first line, so the command's imports do not count."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.start: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+        # sys.stderr looked up per line: whoever replaced it since (a test's capture) gets the line.
+        print(f"[{time.perf_counter() - self.start:6.1f}s] {record.getMessage()}", file=sys.stderr, flush=True)
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -41,10 +59,24 @@ def _repeats(text: str) -> int:
     return value
 
 
-def _latency(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--latency-repeats", type=_repeats, default=3, metavar="N",
+def _positive_list(kind: type) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive numbers")
+        return values
+    return parse
+
+
+def _latency_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--latency-repeats", type=_repeats, default=3, metavar="N",
                         help="after the parity check, time N runs at the recipe's opt shape and report the median "
                              "(default 3, after one warm-up run; 0 skips it: a faster gate)")
+    return parent
 
 
 def _count(text: str) -> int:
@@ -81,14 +113,17 @@ def _corpus_options(args: argparse.Namespace):
                          sample=args.sample, seed=args.seed)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+def _common_parent() -> argparse.ArgumentParser:
+    """The options every command shares (parsers list it last among their parents)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parent.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hubert-export",
+        prog="hubert-export", parents=[_latency_parent(), _common_parent()],
         description="Export a HuBERT checkpoint to a verified ONNX Runtime, OpenVINO or TensorRT artifact. "
                     "Other commands: check, transcribe, bench (hubert-export COMMAND --help).",
     )
@@ -120,14 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "STEM.txt transcripts add CER/WER), a CSV/TSV/JSONL manifest, or a datasets folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
     _corpus(parser)
-    _latency(parser)
-    _common(parser)
     return parser
 
 
 def check_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hubert-export check",
+        prog="hubert-export check", parents=[_latency_parent(), _common_parent()],
         description="Re-run an artifact's parity check against its source checkpoint. Exit 0 when every "
                     "threshold holds, 1 when one fails, 2 on bad input: the CI accuracy gate.",
     )
@@ -139,8 +172,53 @@ def check_parser() -> argparse.ArgumentParser:
                              "manifest says (its hash must match)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
     _corpus(parser)
-    _latency(parser)
-    _common(parser)
+    return parser
+
+
+def transcribe_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubert-export transcribe", parents=[_common_parent()],
+        description="Greedy CTC transcription of recordings of any length (read and run in overlapping chunks) "
+                    "with an artifact or a checkpoint. One line per file on stdout: the text, or FILE<TAB>TEXT "
+                    "when several files are given.",
+    )
+    parser.add_argument("model", type=Path, metavar="ARTIFACT_OR_CHECKPOINT",
+                        help="a CTC artifact directory written by hubert-export, a CTC checkpoint directory, or "
+                             "a model id (owner/name) in the local Hugging Face cache")
+    parser.add_argument("audio", type=Path, nargs="+", metavar="AUDIO",
+                        help="WAV/FLAC/OGG recordings, any sampling rate and channel count")
+    parser.add_argument("--chunk-seconds", type=float, default=20.0,
+                        help="longest piece of audio run at once (default 20); bounds memory")
+    parser.add_argument("--overlap-seconds", type=float,
+                        help="overlap of consecutive chunks (default 2, at most a quarter of the chunk); half of it "
+                             "is dropped at each seam")
+    parser.add_argument("--batch-size", type=int, default=1, help="chunks per inference call (default 1)")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of {file, text, seconds, chunks, frames} instead")
+    return parser
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubert-export bench", parents=[_common_parent()],
+        description="Latency (p50/p90/p99), throughput, peak memory, load time, size, FLOPs and share of the "
+                    "matmul ceiling of built artifacts, measured round-robin in one process.",
+    )
+    parser.add_argument("artifacts", type=Path, nargs="*", metavar="ARTIFACT_DIR", help="artifact directories")
+    parser.add_argument("--lengths", type=_positive_list(float), default=[1, 5, 10, 30], metavar="S,S,...",
+                        help="audio lengths in seconds (default 1,5,10,30)")
+    parser.add_argument("--batch", type=_positive_list(int), default=[1], metavar="B,B,...",
+                        help="batch sizes (default 1)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per subject and shape (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: each runtime's own default)")
+    parser.add_argument("--output", type=Path, metavar="DIR", help="write bench.json and bench.md here")
+    parser.add_argument("--eager", type=Path, metavar="CHECKPOINT",
+                        help="also measure the eager PyTorch model of this checkpoint (a directory or a cached "
+                             "model id), and use it as the baseline")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--ceiling-size", type=int, default=4096, metavar="N",
+                        help="matrix size of the float32 matmul that measures the ceiling (default 4096)")
     return parser
 
 
@@ -166,13 +244,13 @@ def _recipe_from_args(args: argparse.Namespace):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from hubert_export.build import DEFAULT_MODEL_DIR, Progress, export_artifact
+    from hubert_export.build import DEFAULT_MODEL_DIR, export_artifact
 
     recipe = _recipe_from_args(args)
     model_dir = args.model or DEFAULT_MODEL_DIR
     output = args.output or Path("artifacts") / f"{Path(model_dir).resolve().name}-{recipe.target}-{recipe.precision}"
     result = export_artifact(model_dir, output, recipe, overwrite=args.overwrite, data_dir=args.data,
-                             progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats,
+                             latency_repeats=args.latency_repeats,
                              corpus_options=_corpus_options(args), normalize=args.normalize)
     worst = result.report.worst()
     print(f"artifact   {result.path}  ({result.size_bytes / 1e6:.1f} MB, {recipe.target} {recipe.precision})")
@@ -188,10 +266,10 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from hubert_export.build import Progress, check_artifact
+    from hubert_export.build import check_artifact
 
     report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
-                            progress=Progress(enabled=not args.quiet), latency_repeats=args.latency_repeats,
+                            latency_repeats=args.latency_repeats,
                             corpus_options=_corpus_options(args), normalize=args.normalize)
     print(f"parity {'PASS' if report.passed else 'FAIL'}: {args.artifact} ({report.target} {report.precision}, "
           f"{len(report.cases)} cases)")
@@ -206,10 +284,57 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_PARITY_FAILED
 
 
-# Subcommands implemented in their own modules register here: name -> (module, parser fn, run fn).
-EXTRA_COMMANDS = {
-    "transcribe": ("hubert_export.transcribe", "transcribe_parser", "run_transcribe"),
-    "bench": ("hubert_export.bench", "bench_parser", "run_bench"),
+def run_transcribe(args: argparse.Namespace) -> int:
+    from hubert_export.transcribe import transcribe
+
+    overlap = min(2.0, args.chunk_seconds / 4) if args.overlap_seconds is None else args.overlap_seconds
+    results = transcribe(args.model, args.audio, chunk_seconds=args.chunk_seconds,
+                         overlap_seconds=overlap, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+    else:
+        for result in results:
+            print(result.text if len(results) == 1 else f"{result.path}\t{result.text}")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from hubert_export.artifact import Artifact
+    from hubert_export.bench import Subject, artifact_subject, markdown, run_benchmark, write_results
+
+    for path in args.artifacts:
+        Artifact.open(path)  # a wrong path is the user's mistake: exit 2, not a row marked "error"
+    subjects = [artifact_subject(path) for path in args.artifacts]
+    baseline = None
+    if args.eager is not None:
+        from hubert_export.hub import resolve_model  # an owner/name id: its snapshot in the hub cache
+
+        args.eager = resolve_model(args.eager)
+        if not (args.eager / "config.json").is_file():
+            raise HubertExportError(f"--eager {args.eager} is not a checkpoint directory (no config.json): "
+                                    "pass a Hugging Face checkpoint directory")
+        subjects.append(Subject("eager-fp32", "eager", str(args.eager)))
+        baseline = "eager-fp32"
+    names = [s.name for s in subjects]
+    for i, subject in enumerate(subjects):  # two artifacts in same-named folders of different parents
+        if names.count(subject.name) > 1:
+            subject.name = f"{subject.name}-{i}"
+    results = run_benchmark(subjects, lengths=args.lengths, batches=args.batch, repeats=args.repeats,
+                            warmup=args.warmup, threads=args.threads, baseline=baseline,
+                            memory=not args.no_memory, ceiling_size=args.ceiling_size)
+    written = write_results(results, args.output) if args.output is not None else []
+    print(markdown(results), end="")
+    if written:
+        print(f"wrote {', '.join(str(p) for p in written)}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "build": (build_parser, run_build),
+    "check": (check_parser, run_check),
+    "transcribe": (transcribe_parser, run_transcribe),
+    "bench": (bench_parser, run_bench),
 }
 
 
@@ -220,15 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     elif command != "build":
         argv = argv[1:]
-    if command == "build":
-        parser, run = build_parser(), run_build
-    elif command == "check":
-        parser, run = check_parser(), run_check
-    else:
-        module_name, parser_fn, run_fn = EXTRA_COMMANDS[command]
-        module = importlib.import_module(module_name)
-        parser, run = getattr(module, parser_fn)(), getattr(module, run_fn)
-    args = parser.parse_args(argv)
+    make_parser, run = COMMANDS[command]
+    args = make_parser().parse_args(argv)
+    logger = logging.getLogger("hubert_export")
+    handler, level = ProgressHandler(), logger.level
+    if not args.quiet:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     try:
         return run(args)
     except HubertExportError as exc:
@@ -246,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hubert-export: internal error: {type(exc).__name__}: {first} (rerun with --debug for the "
               "traceback and report it)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

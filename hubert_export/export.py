@@ -15,7 +15,7 @@ import contextlib
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -23,14 +23,15 @@ import torch
 
 from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertPreTrainedModel
-from hubert_export.tasks import INPUT_AXES, ExportModule, TaskSpec, output_axes
+from hubert_export.tasks import DEFAULT_OPSET, ExportModule, TaskSpec, family_of, output_axes
 
-DEFAULT_OPSET = 18
 DEFAULT_EXPORTER = "torchscript"
 EXPORTERS = ("torchscript", "dynamo")
 # onnx protobufs cannot exceed 2 GB; hubert-xlarge (~3.8 GB in float32) needs external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 EXTERNAL_DATA_SUFFIX = ".data"
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -54,7 +55,6 @@ def export_onnx(
     with_attention_mask: bool = False,
     output_hidden_states: bool = False,
     exporter: str = DEFAULT_EXPORTER,
-    log: Callable[[str], None] = lambda _: None,
 ) -> onnx.ModelProto:
     """Export `model` for `task`; returns the checked ONNX model, also written to `path` if given.
 
@@ -62,7 +62,7 @@ def export_onnx(
     400 MB costs seconds on a slow disk.
     """
     return export_onnx_serialized(model, task, path, opset=opset, with_attention_mask=with_attention_mask,
-                                  output_hidden_states=output_hidden_states, exporter=exporter, log=log)[0]
+                                  output_hidden_states=output_hidden_states, exporter=exporter)[0]
 
 
 def export_onnx_serialized(
@@ -74,7 +74,6 @@ def export_onnx_serialized(
     with_attention_mask: bool = False,
     output_hidden_states: bool = False,
     exporter: str = DEFAULT_EXPORTER,
-    log: Callable[[str], None] = lambda _: None,
     check: bool = True,
     parse: bool = True,
 ) -> tuple[onnx.ModelProto | None, bytes | None]:
@@ -92,24 +91,21 @@ def export_onnx_serialized(
         raise HubertExportError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
     model = model.eval()
     config = model.config
+    family = family_of(config)
     wrapper = ExportModule(model, output_hidden_states)
-    # Batch 2 and a length that is no multiple of the stride keep the tracer from specialising.
-    example = torch.zeros(2, 16_003)
-    example[:, ::7] = 0.5
-    args: tuple[torch.Tensor, ...] = (example,)
+    dummy = family.dummy_inputs(with_attention_mask)
+    input_names = list(dummy)
+    args = tuple(dummy.values())
     batch = torch.export.Dim("batch", min=1, max=4096)
     samples = torch.export.Dim("samples", min=config.receptive_field, max=2**30)
-    dynamic_shapes: dict[str, dict[int, torch.export.Dim]] = {"input_values": {0: batch, 1: samples}}
-    input_names = ["input_values"]
-    if with_attention_mask:
-        args = (example, torch.ones(2, 16_003, dtype=torch.int64))
-        dynamic_shapes["attention_mask"] = {0: batch, 1: samples}
-        input_names.append("attention_mask")
-    axes = output_axes(task, output_hidden_states)
+    dims = {"batch": batch, "samples": samples}
+    dynamic_shapes = {name: {i: dims[a] for i, a in family.input(name).axes.items()} for name in input_names}
+    axes = output_axes(task, output_hidden_states, family)
+    input_axes = {name: family.input(name).axes for name in input_names}
 
     num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = num_bytes > EXTERNAL_DATA_THRESHOLD
-    log(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset} ({exporter})")
+    log.info(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset} ({exporter})")
     # The wrapper is a fresh nn.Module, in training mode unless told: the exporter restores that
     # mode on the whole model afterwards, which would switch dropout on in the eager reference.
     wrapper.eval()
@@ -124,13 +120,13 @@ def export_onnx_serialized(
             try:
                 if in_memory:
                     buffer = _BytesCapture()
-                    _export_torchscript(wrapper, args, buffer, input_names, axes, opset)
+                    _export_torchscript(wrapper, args, buffer, input_axes, axes, opset)
                 elif exporter == "torchscript":
-                    _export_torchscript(wrapper, args, target, input_names, axes, opset)
+                    _export_torchscript(wrapper, args, target, input_axes, axes, opset)
                     # The tracing exporter writes tensors of models over 2 GB as loose files: gather them.
                     save_onnx(onnx.load(str(target)), target)
                 else:
-                    _export_dynamo(wrapper, args, target, input_names, axes, opset, external, dynamic_shapes)
+                    _export_dynamo(wrapper, args, target, input_axes, axes, opset, external, dynamic_shapes)
             except Exception as exc:  # the exporter raises many types; the user needs one line
                 raise HubertExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         if in_memory:
@@ -163,21 +159,21 @@ class _BytesCapture:
 
 
 def _export_torchscript(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], f: Path | _BytesCapture,
-                        input_names: list[str], axes: dict[str, dict[int, str]], opset: int) -> None:
-    dynamic_axes = {name: INPUT_AXES[name] for name in input_names} | axes
-    torch.onnx.export(wrapper, args, f if isinstance(f, _BytesCapture) else str(f), input_names=input_names,
+                        input_axes: dict[str, dict[int, str]], axes: dict[str, dict[int, str]], opset: int) -> None:
+    dynamic_axes = input_axes | axes
+    torch.onnx.export(wrapper, args, f if isinstance(f, _BytesCapture) else str(f), input_names=list(input_axes),
                       output_names=list(axes), dynamic_axes=dynamic_axes, opset_version=opset,
                       do_constant_folding=True, dynamo=False)
 
 
-def _export_dynamo(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-                   axes: dict[str, dict[int, str]], opset: int, external: bool,
+def _export_dynamo(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path,
+                   input_axes: dict[str, dict[int, str]], axes: dict[str, dict[int, str]], opset: int, external: bool,
                    dynamic_shapes: dict[str, dict[int, torch.export.Dim]]) -> None:
     program = torch.onnx.export(
-        wrapper, args, input_names=input_names, output_names=list(axes), dynamic_shapes=dynamic_shapes,
+        wrapper, args, input_names=list(input_axes), output_names=list(axes), dynamic_shapes=dynamic_shapes,
         opset_version=opset, dynamo=True, optimize=False, external_data=external, verbose=False,
     )
-    _name_axes(program.model, input_names, axes)
+    _name_axes(program.model, input_axes | axes)
     program.save(str(path), external_data=external)
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """Save `model`, its weights in one external `<name>.data` file when they exceed protobuf's 2 GB."""
@@ -195,11 +191,10 @@ def check_onnx(model: Path | bytes) -> None:
         raise HubertExportError(f"{name} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
 
 
-def _name_axes(model: "onnx_ir.Model", input_names: list[str], axes: dict[str, dict[int, str]]) -> None:
+def _name_axes(model: "onnx_ir.Model", declared: dict[str, dict[int, str]]) -> None:
     """Give every dynamic axis its declared name (batch, samples, frames) in the graph's I/O."""
     import onnx_ir
 
-    declared = {name: INPUT_AXES[name] for name in input_names} | axes
     for value in list(model.graph.inputs) + list(model.graph.outputs):
         names = declared.get(value.name, {})
         dims = [names.get(i, dim) for i, dim in enumerate(value.shape)]

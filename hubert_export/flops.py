@@ -13,8 +13,7 @@ from typing import Any
 
 from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertConfig
-
-_TASK_BY_ARCHITECTURE = {"HubertForCTC": "ctc", "HubertForSequenceClassification": "sequence-classification"}
+from hubert_export.tasks import infer_task
 
 
 def count_flops(config: HubertConfig, num_samples: int, batch: int = 1, task: str = "auto") -> dict[str, Any]:
@@ -27,8 +26,7 @@ def count_flops(config: HubertConfig, num_samples: int, batch: int = 1, task: st
     and `frames`, the frame count T.
     """
     if task == "auto":
-        task = next((_TASK_BY_ARCHITECTURE[a] for a in config.architectures or [] if a in _TASK_BY_ARCHITECTURE),
-                    "feature-extraction")
+        task = infer_task(config)
     frames_in, conv_layers = num_samples, []
     in_dim = 1
     for out_dim, kernel, stride in zip(config.conv_dim, config.conv_kernel, config.conv_stride):

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,22 +35,7 @@ from hubert_export.corpus import CorpusOptions, read_corpus
 from hubert_export.metrics import character_error_rate, edit_distance, reference_report, text_normalizer, word_error_rate
 from hubert_export.model import HubertConfig
 from hubert_export.runner import Runner
-
-# Default thresholds per precision. fp32 is exact up to float rounding; fp16 and int8 are judged
-# on what users consume (directions of features, decoded tokens, top-1 classes), since their
-# absolute errors grow with the output's scale and mean little on their own.
-DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs_error": 1e-4, "relative_l2_error": 1e-4, "min_cosine_similarity": 0.9999,
-             "min_argmax_agreement": 0.995, "max_token_edit_rate": 0.01, "min_top1_agreement": 1.0,
-             "max_cer": 0.01, "max_wer": 0.02},
-    "fp16": {"relative_l2_error": 0.02, "min_cosine_similarity": 0.995, "min_argmax_agreement": 0.97,
-             "max_token_edit_rate": 0.05, "min_top1_agreement": 0.98, "max_cer": 0.05, "max_wer": 0.1},
-    # INT8 gates on what users see (frame argmax, decoded tokens, CER); the worst single frame's
-    # cosine only catches a broken graph: static QDQ on a padded batch measured 0.80 on one frame
-    # while 94% of frame argmaxes agreed.
-    "int8": {"min_cosine_similarity": 0.70, "min_argmax_agreement": 0.85, "max_token_edit_rate": 0.15,
-             "min_top1_agreement": 0.9, "max_cer": 0.10, "max_wer": 0.25},
-}
+from hubert_export.tasks import DEFAULT_THRESHOLDS
 
 # metric name -> (threshold name, True when larger is better)
 _GATES: dict[str, tuple[str, bool]] = {
@@ -64,6 +49,8 @@ _GATES: dict[str, tuple[str, bool]] = {
     "cer": ("max_cer", False),
     "wer": ("max_wer", False),
 }
+
+log = logging.getLogger(__name__)
 
 BUILTIN_LENGTHS = (400, 1234, 16_000, 48_077)  # the shortest valid input; lengths off the 320 grid
 BUILTIN_PADDED_BATCH = (24_000, 17_777, 9_001)
@@ -181,8 +168,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # raw transcripts may hold the table's separator
 
 
-def thresholds_for(precision: str, overrides: dict[str, float] | None = None) -> dict[str, float]:
-    return {**DEFAULT_THRESHOLDS[precision], **(overrides or {})}
+def thresholds_for(precision: str, overrides: dict[str, float] | None = None,
+                   defaults: dict[str, dict[str, float]] = DEFAULT_THRESHOLDS) -> dict[str, float]:
+    """The gates for `precision`: a family's defaults (`ModelFamily.thresholds`), then a recipe's overrides."""
+    return {**defaults[precision], **(overrides or {})}
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -204,9 +193,9 @@ def _batch(name: str, waveforms: list[np.ndarray], fe: FeatureExtractorConfig, w
     return ParityCase(name, inputs, [len(w) for w in waveforms], texts)
 
 
-def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool, max_samples: int | None = None,
-                  speech_dir: Path | None = None) -> list[ParityCase]:
-    """Deterministic inputs: several lengths (batch 1) and a padded batch of 3; plus shipped speech."""
+def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool,
+                  max_samples: int | None = None) -> list[ParityCase]:
+    """Deterministic inputs: several lengths (batch 1) and a padded batch of 3."""
     rng = np.random.default_rng(20241125)
     cases = []
     for n in BUILTIN_LENGTHS:
@@ -215,8 +204,6 @@ def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool, max_sam
     lengths = [n for n in BUILTIN_PADDED_BATCH if max_samples is None or n <= max_samples]
     cases.append(_batch(f"b3-padded-{'-'.join(map(str, lengths))}",
                         [_speech_like(rng, n) for n in lengths], fe, with_attention_mask))
-    if speech_dir is not None and speech_dir.is_dir():
-        cases += data_cases(speech_dir, fe, with_attention_mask, max_samples=max_samples, limit=6)
     return cases
 
 
@@ -330,7 +317,6 @@ def run_parity(
     precision: str,
     thresholds: dict[str, float],
     tokenizer: Any | None = None,
-    progress: Callable[[str], None] = lambda _: None,
     normalize: bool = True,
 ) -> ParityReport:
     """Compare `candidate` with `reference` on `cases`; `normalize` maps reference transcripts and
@@ -338,7 +324,7 @@ def run_parity(
     report = ParityReport(target, precision, task, thresholds)
     hyps, refs, truth_hyps, truth_refs, truths, truth_ids = [], [], [], [], [], []
     for i, case in enumerate(cases, 1):
-        progress(f"parity case {i}/{len(cases)}: {case.name}")
+        log.info(f"parity case {i}/{len(cases)}: {case.name}")
         inputs = {k: v for k, v in case.inputs.items() if k in candidate.input_names}
         start = time.perf_counter()
         ref_out = reference.infer({k: v for k, v in case.inputs.items() if k in reference.input_names})

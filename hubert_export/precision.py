@@ -52,6 +52,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hubert_export.recipes import DEFAULT_FP32_LAYERS
+
 
 @dataclass(frozen=True)
 class Fp32Rule:
@@ -68,6 +70,8 @@ FP32_RULES: tuple[Fp32Rule, ...] = (
     Fp32Rule("softmax", r"[Ss]oftmax", "exp of long-sequence attention scores saturates in half"),
 )
 DEFAULT_POLICY: tuple[str, ...] = tuple(rule.pattern for rule in FP32_RULES)
+# The recipe schema is torch-free and declares the same patterns as its default; one list, checked here.
+assert DEFAULT_POLICY == DEFAULT_FP32_LAYERS, "recipes.DEFAULT_FP32_LAYERS must list FP32_RULES' patterns"
 
 
 def compile_patterns(patterns: Iterable[str]) -> list[re.Pattern[str]]:

@@ -1,42 +1,79 @@
 """Runners: anything that maps named input arrays to named output arrays.
 
-Every back end's `load()` returns one; so does the eager PyTorch model. The parity harness and the
-benchmarks only ever call `infer`, so they never know which back end produced an output.
+Every back end's `load()` returns one; so does the eager PyTorch model. The lifecycle is
+Polygraphy's: constructing a runner is cheap, `activate()` (or entering `with runner:`) loads or
+compiles it and records `load_seconds`, `infer` runs it, `deactivate()` releases it. The parity
+harness and the benchmarks only ever call `infer`, so they never know which back end produced an
+output, and load time is measured apart from inference time.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
 from hubert_export.model import HubertPreTrainedModel
-from hubert_export.tasks import ExportModule, TaskSpec, output_axes
+from hubert_export.tasks import ExportModule, TaskSpec, family_of
 
 
 class Runner:
-    """Base class: a context manager with I/O names and `infer`."""
+    """Base class: implement `_activate`, `_infer` and `_deactivate`; set `input_names` and
+    `output_names` by the end of `_activate` at the latest."""
 
     name: str = "runner"
     input_names: list[str]
     output_names: list[str]
+    is_active: bool = False
+    load_seconds: float | None = None  # wall time of the last activate()
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release what the runner holds (sessions, compiled models, GPU memory)."""
-
-    def __enter__(self) -> Runner:
+    def activate(self) -> Runner:
+        """Load or compile what `infer` needs; a no-op when already active."""
+        if not self.is_active:
+            start = time.perf_counter()
+            self._activate()
+            self.load_seconds = time.perf_counter() - start
+            self.is_active = True
         return self
 
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name} is not active: call activate() or use it in a with block")
+        return self._infer(inputs)
+
+    def deactivate(self) -> None:
+        """Release what the runner holds (sessions, compiled models, GPU memory)."""
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    close = deactivate
+
+    def _activate(self) -> None:
+        pass
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        pass
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.deactivate()
 
 
 class EagerRunner(Runner):
-    """The canonical PyTorch model, in eval mode: the reference of every parity check."""
+    """The canonical PyTorch model, in eval mode: the reference of every parity check.
+
+    The caller's model is left as it is: when another dtype, device or mode is asked for, the
+    runner works on a copy.
+    """
 
     def __init__(
         self,
@@ -49,13 +86,23 @@ class EagerRunner(Runner):
         device: str = "cpu",
     ) -> None:
         self.name = f"eager-{str(dtype).removeprefix('torch.')}"
-        self.module = ExportModule(model.to(device=device, dtype=dtype).eval(), output_hidden_states)
+        self.model = model
+        self.output_hidden_states = output_hidden_states
         self.dtype = dtype
         self.device = device
-        self.input_names = ["input_values"] + (["attention_mask"] if with_attention_mask else [])
-        self.output_names = list(output_axes(task, output_hidden_states))
+        family = family_of(model.config)
+        self.input_names = family.input_names(with_attention_mask)
+        self.output_names = [s.name for s in family.outputs(task, output_hidden_states)]
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _activate(self) -> None:
+        model = self.model
+        converts = any(p.dtype != self.dtype or p.device != torch.device(self.device)
+                       for p in model.parameters() if p.is_floating_point())
+        if converts or model.training:
+            model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
+        self.module = ExportModule(model, self.output_hidden_states).eval()
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = torch.from_numpy(np.ascontiguousarray(inputs["input_values"])).to(self.device, self.dtype)
         mask = None
         if "attention_mask" in self.input_names and "attention_mask" in inputs:
@@ -63,6 +110,9 @@ class EagerRunner(Runner):
         with torch.inference_mode():
             outputs = self.module(values, mask)
         return {name: out.float().cpu().numpy() for name, out in zip(self.output_names, outputs)}
+
+    def _deactivate(self) -> None:
+        self.module = None
 
 
 def check_inputs(inputs: dict[str, np.ndarray], input_names: list[str], shape_range: Any | None) -> None:
@@ -105,7 +155,10 @@ class WindowRunner(Runner):
         self.input_names = runner.input_names
         self.output_names = runner.output_names
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _activate(self) -> None:
+        self.runner.activate()
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from hubert_export.errors import HubertExportError
         from hubert_export.parity import fit_inputs
 
@@ -128,5 +181,5 @@ class WindowRunner(Runner):
                 pieces[name].append(out)
         return {name: np.concatenate(parts) for name, parts in pieces.items()}
 
-    def close(self) -> None:
-        self.runner.close()
+    def _deactivate(self) -> None:
+        self.runner.deactivate()

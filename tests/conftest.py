@@ -59,7 +59,7 @@ def onnx_artifact(tmp_path_factory, ctc_checkpoint) -> Path:
     from hubert_export.recipes import default_recipe
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-onnx"
-    result = export_artifact(ctc_checkpoint, out, default_recipe("onnx"), progress=lambda _: None)
+    result = export_artifact(ctc_checkpoint, out, default_recipe("onnx"))
     assert result.passed, result.report.failures
     return out
 

@@ -2,36 +2,40 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from hubert_export.bench import SCHEMA_VERSION, Subject, artifact_subject, markdown, percentile, run_benchmark, \
+from hubert_export.bench import SCHEMA_VERSION, Subject, _summarise, artifact_subject, markdown, run_benchmark, \
     write_results
 from hubert_export.cli import main
 from hubert_export.flops import count_flops
 from hubert_export.model import HubertConfig
 
 
-def test_percentile_hand_checked():
-    # Linear between order statistics: position (n - 1) * q / 100 in the sorted values.
-    assert percentile([4, 1, 3, 2], 50) == 2.5  # position 1.5: halfway between 2 and 3
-    assert percentile([4, 1, 3, 2], 90) == pytest.approx(3.7)  # position 2.7: 3 + 0.7 * (4 - 3)
-    assert percentile([4, 1, 3, 2], 0) == 1 and percentile([4, 1, 3, 2], 100) == 4
-    assert percentile([7.0], 99) == 7.0
-    with pytest.raises(ValueError):
-        percentile([], 50)
-    with pytest.raises(ValueError):
-        percentile([1.0], 101)
+def _benchmarks_module(name: str):
+    """A module of the repository's benchmarks/ folder (scripts beside the package, not in it)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 10, 101])
-def test_percentile_matches_numpy(n):
-    values = list(np.random.default_rng(n).exponential(size=n))
-    for q in (0, 10, 50, 90, 99, 100):
-        assert percentile(values, q) == pytest.approx(np.percentile(values, q), rel=1e-12, abs=0)
+def test_percentiles_interpolate_linearly_between_runs():
+    """p50/p90/p99 are numpy's linear interpolation between order statistics, checked by hand."""
+    row = {"runs_s": [4.0, 1.0, 3.0, 2.0], "batch": 1, "seconds": 1.0, "gflop": 1.0}
+    _summarise(row, ceiling_gflops=1.0, base=None)
+    assert row["p50_s"] == 2.5  # position 1.5: halfway between 2 and 3
+    assert row["p90_s"] == pytest.approx(3.7)  # position 2.7: 3 + 0.7 * (4 - 3)
+    assert row["p99_s"] == pytest.approx(3.97)
+    single = {"runs_s": [7.0], "batch": 1, "seconds": 1.0, "gflop": 1.0}
+    _summarise(single, ceiling_gflops=1.0, base=None)
+    assert single["p50_s"] == single["p99_s"] == 7.0
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,7 @@ def results(onnx_artifact, ctc_checkpoint):
     try:
         # 0.02 s = 320 samples is below the artifact's minimum (400): skipped there, measured on eager.
         return run_benchmark(subjects, lengths=(0.02, 0.1), batches=(1, 2), repeats=2, warmup=0, threads=1,
-                             baseline="eager", memory=True, ceiling_size=128, progress=lambda _: None)
+                             baseline="eager", memory=True, ceiling_size=128)
     finally:
         torch.set_num_threads(threads)
 
@@ -93,14 +97,15 @@ def test_schema(results):
 
 def test_reports(results, tmp_path):
     written = write_results(json.loads(json.dumps(results)), tmp_path)
+    assert written == [tmp_path / "bench.json", tmp_path / "bench.md"]
     assert json.loads((tmp_path / "bench.json").read_text())["schema_version"] == SCHEMA_VERSION
     table = (tmp_path / "bench.md").read_text()
     assert table == markdown(json.loads((tmp_path / "bench.json").read_text()))
     assert "| tiny-onnx | 0.02 s | 1 | skipped:" in table and "| eager | 0.1 s | 2 |" in table
     pytest.importorskip("matplotlib")
-    pngs = {p.name for p in written if p.suffix == ".png"}
-    assert pngs == {"latency.png", "accuracy_vs_speedup.png"}
-    assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
+    pngs, note = _benchmarks_module("plots").plot(json.loads(json.dumps(results)), tmp_path)
+    assert note is None and {p.name for p in pngs} == {"latency.png", "accuracy_vs_speedup.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
 def test_cli(onnx_artifact, tmp_path, capsys):
@@ -119,3 +124,17 @@ def test_cli_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", str(tmp_path), "--lengths", "0,1"])
     assert exit_info.value.code == 2
+
+
+def test_transformers_baseline_opens_through_its_opener(ctc_checkpoint):
+    """benchmarks/baselines.py: transformers' eager model as a subject, opened like any other."""
+    pytest.importorskip("transformers")
+    from hubert_export.bench import open_subject
+
+    baselines = _benchmarks_module("baselines")
+    subject = baselines.transformers_subject("transformers-eager", ctc_checkpoint)
+    eager = Subject("eager", "eager", str(ctc_checkpoint))
+    x = {"input_values": np.random.default_rng(0).standard_normal((1, 4000)).astype(np.float32)}
+    with open_subject(subject) as theirs, open_subject(eager) as ours:
+        assert theirs.load_seconds is not None and theirs.load_seconds >= 0
+        np.testing.assert_allclose(theirs.infer(x)["logits"], ours.infer(x)["logits"], atol=1e-4)

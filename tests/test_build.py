@@ -16,7 +16,6 @@ from hubert_export.errors import EXIT_BAD_INPUT
 from hubert_export.parity import BUILTIN_LENGTHS
 from hubert_export.recipes import default_recipe
 
-QUIET = {"progress": lambda _: None}
 
 
 def test_manifest_records_what_built_the_artifact(onnx_artifact, ctc_checkpoint):
@@ -52,7 +51,7 @@ def test_artifact_is_plain_onnx_with_the_expected_graph(onnx_artifact):
 
 def test_offline_fusions_bake_onnx_runtime_fusions_into_the_artifact(ctc_checkpoint, tmp_path):
     recipe = default_recipe("onnx").with_overrides(**{"onnxruntime.offline_fusions": True})
-    result = export_artifact(ctc_checkpoint, tmp_path / "fused", recipe, **QUIET)
+    result = export_artifact(ctc_checkpoint, tmp_path / "fused", recipe)
     assert result.passed, result.report.failures
     model = onnx.load(str(tmp_path / "fused" / "model.onnx"))
     assert {"SkipLayerNormalization", "BiasGelu"} & {n.op_type for n in model.graph.node}
@@ -71,7 +70,7 @@ def test_parity_reports_written(onnx_artifact):
 
 def test_check_passes_and_writes_junit(onnx_artifact, tmp_path):
     junit = tmp_path / "parity.xml"
-    report = check_artifact(onnx_artifact, junit=junit, **QUIET)
+    report = check_artifact(onnx_artifact, junit=junit)
     assert report.passed and not report.failures
     suite = ET.parse(junit).getroot()
     assert suite.tag == "testsuite" and suite.get("failures") == "0"
@@ -95,7 +94,7 @@ def _perturbed_copy(artifact, destination):
 
 def test_check_fails_when_the_artifact_drifts(onnx_artifact, tmp_path):
     drifted = _perturbed_copy(onnx_artifact, tmp_path / "drifted")
-    report = check_artifact(drifted, **QUIET)
+    report = check_artifact(drifted)
     assert not report.passed
     assert any("max_abs_error" in f for f in report.failures)
     assert json.loads((drifted / "manifest.json").read_text())["parity"]["passed"] is False
@@ -107,18 +106,18 @@ def test_check_refuses_modified_files(onnx_artifact, tmp_path):
     with open(tampered / "model.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(HubertExportError, match="does not match the hash") as info:
-        check_artifact(tampered, **QUIET)
+        check_artifact(tampered)
     assert info.value.exit_code == EXIT_BAD_INPUT
 
 
 def test_check_refuses_another_checkpoint(onnx_artifact, base_checkpoint, tmp_path):
     with pytest.raises(HubertExportError, match="not the one this artifact was built from"):
-        check_artifact(onnx_artifact, reference=base_checkpoint, **QUIET)
+        check_artifact(onnx_artifact, reference=base_checkpoint)
 
 
 def test_tight_threshold_fails_the_build_gate(ctc_checkpoint, tmp_path):
     recipe = default_recipe("onnx").with_overrides(**{"thresholds.max_abs_error": 1e-12})
-    result = export_artifact(ctc_checkpoint, tmp_path / "strict", recipe, **QUIET)
+    result = export_artifact(ctc_checkpoint, tmp_path / "strict", recipe)
     assert not result.passed
     assert any("max_abs_error" in f for f in result.report.failures)
     assert (tmp_path / "strict" / "manifest.json").is_file()  # complete artifact kept for inspection
@@ -128,7 +127,7 @@ def test_tight_threshold_fails_the_build_gate(ctc_checkpoint, tmp_path):
 def test_int8_artifacts_pass_their_thresholds(ctc_checkpoint, calibration_dir, tmp_path, method):
     recipe = default_recipe("onnx", "int8").with_overrides(
         **{"calibration.method": method, "calibration.data": calibration_dir})
-    result = export_artifact(ctc_checkpoint, tmp_path / method, recipe, **QUIET)
+    result = export_artifact(ctc_checkpoint, tmp_path / method, recipe)
     assert result.passed, result.report.failures
     model = onnx.load(str(tmp_path / method / "model.onnx"))
     ops = {n.op_type for n in model.graph.node}
@@ -142,7 +141,7 @@ def test_int8_artifacts_pass_their_thresholds(ctc_checkpoint, calibration_dir, t
 
 def test_feature_extraction_with_hidden_states(large_checkpoint, tmp_path):
     recipe = default_recipe("onnx").with_overrides(**{"export.output_hidden_states": True})
-    result = export_artifact(large_checkpoint, tmp_path / "features", recipe, **QUIET)
+    result = export_artifact(large_checkpoint, tmp_path / "features", recipe)
     assert result.passed, result.report.failures
     outputs = [o["name"] for o in Artifact.open(tmp_path / "features").manifest["io"]["outputs"]]
     assert outputs == ["last_hidden_state", "hidden_states"]
@@ -150,6 +149,6 @@ def test_feature_extraction_with_hidden_states(large_checkpoint, tmp_path):
 
 def test_missing_model_directory_is_bad_input(tmp_path):
     with pytest.raises(HubertExportError, match="does not exist") as info:
-        export_artifact(tmp_path / "nowhere", tmp_path / "out", default_recipe("onnx"), **QUIET)
+        export_artifact(tmp_path / "nowhere", tmp_path / "out", default_recipe("onnx"))
     assert info.value.exit_code == EXIT_BAD_INPUT
     assert not (tmp_path / "out").exists()

@@ -24,12 +24,7 @@ def test_help_documents_every_option(command, capsys):
         cli.main([command, "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    parser = cli.build_parser() if command == "build" else cli.check_parser() if command == "check" else None
-    if parser is None:
-        import importlib
-
-        module_name, parser_fn, _ = cli.EXTRA_COMMANDS[command]
-        parser = getattr(importlib.import_module(module_name), parser_fn)()
+    parser = cli.COMMANDS[command][0]()
     for action in parser._actions:
         assert action.help, f"{command}: {action.option_strings or action.dest} has no help text"
         for option in action.option_strings:

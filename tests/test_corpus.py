@@ -274,7 +274,7 @@ def shipped_artifact(tmp_path_factory) -> Path:
     from hubert_export.recipes import default_recipe
 
     out = tmp_path_factory.mktemp("shipped") / "tiny-ctc-onnx"
-    result = export_artifact(DEFAULT_MODEL_DIR, out, default_recipe("onnx"), progress=lambda _: None,
+    result = export_artifact(DEFAULT_MODEL_DIR, out, default_recipe("onnx"),
                              latency_repeats=0)
     assert result.passed, result.report.failures
     return out
@@ -283,7 +283,7 @@ def shipped_artifact(tmp_path_factory) -> Path:
 def test_lower_case_references_score_like_upper_case(shipped_artifact, tmp_path):
     from hubert_export.build import check_artifact
 
-    upper = check_artifact(shipped_artifact, data_dir=SPEECH_DIR, progress=lambda _: None, latency_repeats=0)
+    upper = check_artifact(shipped_artifact, data_dir=SPEECH_DIR, latency_repeats=0)
     # The corpus: LibriSpeech-style "ID text" lines, lower case, with punctuation added.
     lower_dir = tmp_path / "lower"
     lower_dir.mkdir()
@@ -293,8 +293,8 @@ def test_lower_case_references_score_like_upper_case(shipped_artifact, tmp_path)
         shutil.copy(SPEECH_DIR / f"{id_}.flac", lower_dir)
         lines.append(f"{id_} {text.lower().capitalize()}.")
     (lower_dir / "transcripts.txt").write_text("\n".join(lines) + "\n")
-    lower = check_artifact(shipped_artifact, data_dir=lower_dir, progress=lambda _: None, latency_repeats=0)
-    raw = check_artifact(shipped_artifact, data_dir=lower_dir, progress=lambda _: None, latency_repeats=0,
+    lower = check_artifact(shipped_artifact, data_dir=lower_dir, latency_repeats=0)
+    raw = check_artifact(shipped_artifact, data_dir=lower_dir, latency_repeats=0,
                          normalize=False)
 
     assert upper.passed and lower.passed

@@ -68,7 +68,7 @@ def test_build_and_transcribe_take_a_cached_id(tmp_path, monkeypatch):
     clip = Path(__file__).parent / "data" / "speech" / "utt00.flac"
     by_id = transcribe("acme/tiny-ctc", [clip])[0].text
     assert by_id == transcribe(DEFAULT_MODEL_DIR, [clip])[0].text and by_id
-    result = export_artifact("acme/tiny-ctc", tmp_path / "art", default_recipe("onnx"), progress=lambda _: None,
+    result = export_artifact("acme/tiny-ctc", tmp_path / "art", default_recipe("onnx"),
                              latency_repeats=0)
     import json
 

@@ -30,7 +30,7 @@ def layout(request, tmp_path_factory):
     config = TINY_BASE if request.param == "base" else TINY_LARGE
     path = save_reference_checkpoint(tmp_path_factory.mktemp(f"prec-{request.param}"), "HubertForCTC", **config)
     model = HubertForCTC.from_pretrained(path)
-    runners = (EagerRunner(model, CTC, dtype=torch.float64), HalfPrecisionRunner(model, CTC, DEFAULT_POLICY),
+    runners = (EagerRunner(model, CTC, dtype=torch.float64).activate(), HalfPrecisionRunner(model, CTC, DEFAULT_POLICY),
                HalfPrecisionRunner(model, CTC, ()))
     return request.param, model, runners
 

@@ -25,13 +25,16 @@ from hubert_export.recipes import (
     Shapes,
     TensorRtOptions,
     Thresholds,
+    VerificationOptions,
     default_recipe,
     load_recipe,
     recipe_from_dict,
+    recipe_json_schema,
 )
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-SHIPPED = sorted(RECIPES_DIR.glob("*.yaml")) + sorted(RECIPES_DIR.glob("*.json"))
+SCHEMA_FILE = RECIPES_DIR / "recipe.schema.json"
+SHIPPED = sorted(RECIPES_DIR.glob("*.yaml")) + sorted(p for p in RECIPES_DIR.glob("*.json") if p != SCHEMA_FILE)
 
 
 def error_of(data, source: str = "r.yaml") -> str:
@@ -109,6 +112,8 @@ def test_defaults():
     assert r.calibration.method == "static" and r.calibration.subset_size == 300
     assert r.tensorrt.fp32_layers == DEFAULT_FP32_LAYERS and r.tensorrt.timing_cache is None
     assert r.thresholds.explicit() == {}
+    assert r.tensorrt.tf32 is False
+    assert (r.verification.golden, r.verification.golden_max_mb) == ("auto", 64.0)
     assert recipe_from_dict({"target": "tensorrt"}).precision == "fp16"
     assert recipe_from_dict({"target": "openvino"}).precision == "fp32"
 
@@ -212,7 +217,12 @@ def test_field_in_the_wrong_section_points_to_its_section():
                                                           "max": {"batch": 64, "samples": 800}}]}},
          "shapes.profiles[0].max", "outside"),
         ({"target": "onnx", "shapes": [1, 2]}, "shapes", "mapping"),
+        ({"target": "onnx", "shapes": {"min": []}}, "shapes.min", "mapping"),
         ({"target": "onnx", "name": ""}, "name", "non-empty"),
+        ({"target": "tensorrt", "tensorrt": {"tf32": "on"}}, "tensorrt.tf32", "true or false"),
+        ({"target": "onnx", "verification": {"golden": "sometimes"}}, "verification.golden", "auto, always, never"),
+        ({"target": "onnx", "verification": {"golden_max_mb": 0}}, "verification.golden_max_mb", "> 0"),
+        ({"target": "onnx", "source": "x.yaml"}, "'source'", "unknown field"),
     ],
 )
 def test_bad_values_name_the_field(data, field, words):
@@ -237,6 +247,47 @@ def test_valid_profiles_and_static_shape():
     assert r.shapes.profiles[0].max == Shape(2, 160000)
     assert r.openvino.static_shape == Shape(1, 160000)
     assert recipe_from_dict(r.to_dict()) == r
+
+
+def test_new_fields_round_trip():
+    r = recipe_from_dict({"target": "tensorrt", "tensorrt": {"tf32": True},
+                          "verification": {"golden": "Never", "golden_max_mb": 0.5}})
+    assert r.tensorrt.tf32 is True and r.verification == VerificationOptions("never", 0.5)
+    assert recipe_from_dict(r.to_dict()) == r
+
+
+# ---- JSON Schema
+
+
+def test_shipped_schema_is_the_generated_one():
+    # Regenerate with: python -m hubert_export.recipes --schema > recipes/recipe.schema.json
+    assert json.loads(SCHEMA_FILE.read_text()) == recipe_json_schema()
+
+
+def test_schema_accepts_every_shipped_recipe_and_refuses_bad_ones():
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (pip install jsonschema)")
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    for path in SHIPPED:
+        assert list(validator.iter_errors(yaml.safe_load(path.read_text()))) == [], path.name
+    # what the loader fills in (precision, dims of shapes.min/opt/max) is optional in the schema too
+    assert validator.is_valid({"target": "onnx", "shapes": {"max": {"samples": 80000}}})
+    for bad in ({"precision": "fp32"}, {"target": "onnx", "precison": "fp32"},
+                {"target": "onnx", "shapes": {"min": {"samples": 100}}},
+                {"target": "onnx", "export": {"opset": 17}}, {"target": "onnx", "tensorrt": {"tf32": "on"}},
+                {"target": "onnx", "verification": {"golden": "sometimes"}},
+                {"target": "onnx", "shapes": {"profiles": [{"min": {"batch": 1, "samples": 400}}]}}):
+        assert not validator.is_valid(bad), bad
+        with pytest.raises(HubertExportError):
+            recipe_from_dict(bad)
+
+
+def test_schema_module_entry_point_prints_the_schema():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hubert_export.recipes", "--schema"],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == recipe_json_schema()
 
 
 # ---- files
@@ -366,6 +417,7 @@ _SECTIONS = st.fixed_dictionaries(
         "onnxruntime": _section(OnnxRuntimeOptions),
         "openvino": _section(OpenVinoOptions),
         "tensorrt": _section(TensorRtOptions),
+        "verification": _section(VerificationOptions),
         "thresholds": _section(Thresholds),
     },
 )

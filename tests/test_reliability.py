@@ -39,7 +39,7 @@ from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertForCTC
 from hubert_export.model.weights import checkpoint_weight_files, read_torch_bin
 from hubert_export.recipes import default_recipe, load_recipe, recipe_from_dict
-from hubert_export.transcribe import AudioStream
+from hubert_export.audio import AudioStream
 
 PACKAGE = Path(__file__).parents[1] / "hubert_export"
 VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H"]  # the tiny model's 12 ids
@@ -58,7 +58,7 @@ def env(ctc_checkpoint, base_checkpoint, tmp_path_factory) -> SimpleNamespace:
     recipe = default_recipe("onnx").with_overrides(**{"shapes.opt.samples": 16_000, "shapes.max.batch": 2,
                                                       "shapes.max.samples": MAX_SAMPLES})
     artifact = root / "artifact"
-    assert export_artifact(ckpt, artifact, recipe, progress=lambda _: None).passed
+    assert export_artifact(ckpt, artifact, recipe).passed
     clip = root / "clip.wav"
     sf.write(clip, 0.1 * np.sin(np.arange(48_000) * 0.05).astype(np.float32), 16_000)  # 3 s
     return SimpleNamespace(ckpt=ckpt, base=base_checkpoint, artifact=artifact, clip=clip)
@@ -432,7 +432,7 @@ def test_killed_build_leaves_no_half_artifact_and_the_next_build_cleans_up(env, 
     process.wait(30)
     assert not out.exists()
     assert any(".tmp-" in n for n in _leftovers(tmp_path, "out"))  # the killed build's scratch directory
-    assert export_artifact(env.ckpt, out, default_recipe("onnx"), progress=lambda _: None).passed
+    assert export_artifact(env.ckpt, out, default_recipe("onnx")).passed
     assert _leftovers(tmp_path, "out") == []  # stale scratch removed, lock released
     Artifact.open(out).verify_files()
 

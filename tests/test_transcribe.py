@@ -30,7 +30,8 @@ from hubert_export.metrics import character_error_rate
 from hubert_export.model import HubertConfig
 from hubert_export.parity import _speech_like
 from hubert_export.recipes import default_recipe
-from hubert_export.transcribe import AudioStream, Transcriber, transcribe
+from hubert_export.audio import AudioStream
+from hubert_export.transcribe import Transcriber, transcribe
 
 from .conftest import TINY_BASE
 
@@ -111,7 +112,7 @@ def long_file(clips, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ctc_artifact(ctc_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("transcribe-artifacts") / "onnx"
-    result = export_artifact(ctc_model, out, default_recipe("onnx"), progress=lambda _: None)
+    result = export_artifact(ctc_model, out, default_recipe("onnx"))
     assert result.passed, result.report.failures
     return out
 

@@ -1,21 +1,31 @@
 """Back ends: one file each, one registry line each.
 
-Every back-end module exposes the same three functions:
+Adding a back end is one new module here with a `Backend` subclass, plus its line in `BACKENDS`.
+The interface (everything generic code may call; nothing is probed with hasattr):
 
-    graph_passes(recipe: Recipe) -> list[str]
-        The graph passes (`hubert_export.passes`) to run on the export before `build`: only those
-        measured to help this back end, since each costs build time on a 400 MB graph.
+    class MyBackend(Backend):
+        target = "mine"                                   # what --target names
 
-    build(ctx: BuildContext) -> dict
-        Turn the exported ONNX model (`ctx.onnx_model()` in memory, or the file `ctx.onnx_path`) into this back end's artifact files inside
-        `ctx.out_dir` (a temporary directory renamed into place only after everything succeeded).
-        Returns the back end's section of the manifest: `files` (the model files it wrote), the
-        options it used, and anything a later `load` needs.
+        check_available(recipe) -> None                   # optional: refuse, before any work, a build
+                                                          # this machine cannot do (HubertExportError)
+        graph_passes(recipe) -> list[str]                 # `hubert_export.passes` to run on the export
+                                                          # before `build`: only those measured to help
+        static_shape(recipe) -> Shape | None              # optional: the one shape an artifact is compiled
+                                                          # for (parity and latency then run at it)
+        needs_onnx: bool = True                           # False: `build` converts the PyTorch model
+                                                          # itself (`inputs.model`), no ONNX export is made
+        build(inputs: BuildInputs) -> BackendBuild        # write the artifact's model files
+        load(artifact, *, threads=None, enforce_shape_range=True, **options) -> Runner
 
-    load(artifact: Artifact, **options) -> Runner
-        Open a built artifact for inference (see `hubert_export.runner.Runner`).
-
-The parity harness and the benchmarks never know which back end produced an output.
+`build` reads a frozen `BuildInputs` (recipe, config, task, I/O names, the exported graph as an
+`ExportedGraph`, calibration audio on demand) and writes only inside `inputs.out_dir` (a temporary
+directory renamed into place once everything succeeded). It returns a `BackendBuild`: the
+manifest's `backend` section (its `files` names the model files) and the SHA-256 of files it
+hashed while writing them, and, for an artifact that accepts less than the recipe's shape range
+(a fixed shape, a fixed batch), the `shape_range` it was built for: the manifest records that one,
+and parity, bench and transcribe keep to it. `load` returns an inactive `hubert_export.runner.Runner`: `activate()`
+(or `with runner:`) loads or compiles it and records `load_seconds`; `infer` then runs it. The
+parity harness and the benchmarks never know which back end produced an output.
 """
 
 from __future__ import annotations
@@ -26,8 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -35,79 +44,123 @@ import onnx
 from hubert_export.audio import FeatureExtractorConfig
 from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertConfig
-from hubert_export.recipes import Recipe
+from hubert_export.recipes import Recipe, Shape, ShapeRange
 from hubert_export.tasks import TaskSpec
 
-# target name (as given to --target) -> module implementing build/load
+if TYPE_CHECKING:
+    from hubert_export.artifact import Artifact
+    from hubert_export.runner import Runner
+
+# target name (as given to --target) -> "module:class" implementing `Backend`
 BACKENDS: dict[str, str] = {
-    "onnx": "hubert_export.backends.onnxruntime",
-    "openvino": "hubert_export.backends.openvino",
-    "tensorrt": "hubert_export.backends.tensorrt",
-    "litert": "hubert_export.backends.litert",
-    "executorch": "hubert_export.backends.executorch",
+    "onnx": "hubert_export.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "hubert_export.backends.openvino:OpenVinoBackend",
+    "tensorrt": "hubert_export.backends.tensorrt:TensorRtBackend",
+    "litert": "hubert_export.backends.litert:LiteRtBackend",
+    "executorch": "hubert_export.backends.executorch:ExecuTorchBackend",
 }
 
 
-@dataclass
-class BuildContext:
-    """What a back end's build needs to know about the export it starts from."""
+class ExportedGraph:
+    """The exported ONNX model after the back end's passes: bytes and/or a parsed model, and a file
+    on request. Writing 400 MB and reading it back costs seconds that a back end working on the
+    graph in memory does not need to pay, so each form is made only when first asked for."""
 
-    export_path: Path
+    def __init__(self, scratch_path: Path, model: onnx.ModelProto | None = None,
+                 serialized: bytes | None = None) -> None:
+        if model is None and serialized is None and not scratch_path.exists():
+            raise ValueError("an exported graph needs a model, its bytes, or an existing file")
+        self._scratch_path = scratch_path
+        self._model = model
+        self._serialized = serialized
+
+    def model(self) -> onnx.ModelProto:
+        """The parsed graph; treat it as read-only (graph passes copy before they change anything)."""
+        if self._model is None:
+            self._model = (onnx.load_from_string(self._serialized) if self._serialized is not None
+                           else onnx.load(str(self._scratch_path)))
+        return self._model
+
+    def file(self) -> Path:
+        """The graph as a file in the build's scratch directory (written on first call), for tools that read files."""
+        if not self._scratch_path.exists():
+            self.write(self._scratch_path, sha256=False)
+        return self._scratch_path
+
+    def write(self, target: Path, *, sha256: bool = True) -> str | None:
+        """Write the graph as it is to `target`; returns its SHA-256 when asked and computed on the way
+        (an artifact file: the manifest wants its digest without reading 400 MB back)."""
+        if self._serialized is None:
+            from hubert_export.export import save_onnx
+
+            save_onnx(self.model(), target)
+            return None
+        data = self._serialized
+        if not sha256:
+            target.write_bytes(data)
+            return None
+        # hashlib and the write both release the GIL: the digest costs no wall time.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+            target.write_bytes(data)
+        return digest.result()
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a back end's build reads: everything about the export it starts from."""
+
     out_dir: Path
+    work_dir: Path  # scratch space inside the temporary artifact, removed after the build
     recipe: Recipe
     config: HubertConfig
     feature_extractor: FeatureExtractorConfig
     task: TaskSpec
     input_names: list[str]
     output_names: list[str]
-    log: Callable[[str], None]
-    # Calibration inputs for INT8 (batch-1 input dicts), read lazily: FP32 builds never touch audio.
+    graph: ExportedGraph | None  # None for back ends that convert the PyTorch model (needs_onnx False)
+    # Calibration inputs for INT8 (batch-1 input dicts), read on demand: FP32 builds never touch audio.
     calibration_inputs: Callable[[], list[dict[str, np.ndarray]]]
-    # The exported graph after the back end's passes, kept in memory: writing 400 MB and reading it
-    # back costs seconds that a back end working on the graph itself does not need to pay.
-    exported: onnx.ModelProto | None = None
-    # Its serialisation when already at hand (no pass changed the exporter's output).
-    serialized: bytes | None = None
-    # sha256 of artifact files written from bytes in memory (name relative to out_dir), for the
-    # manifest: hashed while writing instead of read back afterwards.
-    file_sha256: dict[str, str] = field(default_factory=dict)
-    # The PyTorch model, for back ends that convert it themselves (`EXPORTS_ONNX = False` in their
-    # module: LiteRT, ExecuTorch); those builds skip the ONNX export.
+    # The eager model (eval mode), for back ends that convert it themselves (LiteRT, ExecuTorch).
     model: Any = None
 
-    @property
-    def onnx_path(self) -> Path:
-        """The exported graph as a file (written on first use), for tools that read files."""
-        if not self.export_path.exists():
-            self.write_export(self.export_path)
-        return self.export_path
 
-    def write_export(self, target: Path) -> None:
-        """Write the exported graph, as it is, to `target` (a back end that ships it unchanged)."""
-        if self.serialized is None:
-            from hubert_export.export import save_onnx
+@dataclass
+class BackendBuild:
+    """What a back end's build returns: its manifest section and the digests it computed."""
 
-            save_onnx(self.onnx_model(), target)
-        elif target.parent == self.out_dir:  # an artifact file: the manifest will want its digest
-            data = self.serialized
-            # hashlib and the write both release the GIL: the digest costs no wall time.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
-                target.write_bytes(data)
-            self.file_sha256[target.name] = digest.result()
-        else:
-            target.write_bytes(self.serialized)
-
-    def onnx_model(self) -> onnx.ModelProto:
-        """The exported graph; treat it as read-only (graph passes copy before they change anything)."""
-        if self.exported is None:
-            self.exported = (onnx.load_from_string(self.serialized) if self.serialized is not None
-                             else onnx.load(str(self.export_path)))
-        return self.exported
+    section: dict[str, Any]  # the manifest's `backend` section; `files` names the model files
+    file_sha256: dict[str, str] = field(default_factory=dict)  # name relative to out_dir -> sha256
+    shape_range: ShapeRange | None = None  # what the artifact accepts, when narrower than the recipe's
 
 
-def get_backend(target: str) -> ModuleType:
-    """The module implementing `target`, imported on first use (TensorRT is an optional extra)."""
+class Backend:
+    """Base class of every back end; see the module docstring for the contract."""
+
+    target: str = ""
+    needs_onnx: bool = True
+
+    def check_available(self, recipe: Recipe) -> None:
+        """Refuse, before any work, a build this machine cannot do. Default: every machine can."""
+
+    def graph_passes(self, recipe: Recipe) -> list[str]:
+        raise NotImplementedError
+
+    def static_shape(self, recipe: Recipe) -> Shape | None:
+        """The one input shape the artifact is compiled for, or None for the recipe's range."""
+        return None
+
+    def build(self, inputs: BuildInputs) -> BackendBuild:
+        raise NotImplementedError
+
+    def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
+             **options: Any) -> Runner:
+        raise NotImplementedError
+
+
+def get_backend(target: str) -> Backend:
+    """The back end implementing `target`, imported on first use (TensorRT is an optional extra)."""
     if target not in BACKENDS:
         raise HubertExportError(f"unknown target {target!r}: choose one of {', '.join(sorted(BACKENDS))}")
-    return importlib.import_module(BACKENDS[target])
+    module_name, class_name = BACKENDS[target].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +34,53 @@ import numpy as np
 import torch
 
 from hubert_export.artifact import Artifact
-from hubert_export.backends import BuildContext
+from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
 from hubert_export.recipes import Recipe, Shape, ShapeRange
 from hubert_export.runner import Runner, check_inputs
 
 MODEL_NAME = "model.pte"
 EXTRA_HINT = "pip install 'hubert-export[executorch]'"
-EXPORTS_ONNX = False  # lowered from the PyTorch model, not from the ONNX export
+
+log = logging.getLogger(__name__)
 
 
-def check_available(recipe: Recipe) -> None:
-    import importlib.util
+class ExecuTorchBackend(Backend):
+    target = "executorch"
+    needs_onnx = False  # lowered from the PyTorch model
 
-    if importlib.util.find_spec("executorch") is None:
-        raise HubertExportError(f"--target executorch needs the [executorch] extra (executorch not installed): "
-                                f"{EXTRA_HINT}")
+    def check_available(self, recipe: Recipe) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("executorch") is None:
+            raise HubertExportError(f"--target executorch needs the [executorch] extra (executorch not installed): "
+                                    f"{EXTRA_HINT}")
+
+    def graph_passes(self, recipe: Recipe) -> list[str]:
+        return []  # lowered from PyTorch: the ONNX graph passes do not apply
+
+    def build(self, inputs: BuildInputs) -> BackendBuild:
+        section, shape_range = _build(inputs)
+        return BackendBuild(section, shape_range=shape_range)
+
+    def load(self, artifact: Artifact, *, threads: int | None = None,
+             enforce_shape_range: bool = True) -> ExecuTorchRunner:
+        from hubert_export.recipes import recipe_from_dict
+
+        manifest = artifact.manifest
+        options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").executorch
+        io_section = manifest.get("io", {})
+        return ExecuTorchRunner(
+            artifact.path / MODEL_NAME,
+            input_names=[i["name"] for i in io_section.get("inputs", [{"name": "input_values"}])],
+            output_names=[o["name"] for o in io_section.get("outputs", [])],
+            threads=threads if threads is not None else options.num_threads,
+            # Always checked: the runtime refuses shapes outside its planned range with a bare error code.
+            shape_range=artifact.shape_range(),
+        )
 
 
-def graph_passes(recipe: Recipe) -> list[str]:
-    return []  # lowered from PyTorch: the ONNX graph passes do not apply
-
-
-def build(ctx: BuildContext) -> dict[str, Any]:
+def _build(ctx: BuildInputs) -> tuple[dict[str, Any], ShapeRange]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
@@ -77,14 +102,14 @@ def build(ctx: BuildContext) -> dict[str, Any]:
         dynamic["attention_mask"] = {1: length}
     section: dict[str, Any] = {"files": [MODEL_NAME], "executorch": _version("executorch"),
                                "delegate": "XnnpackBackend"}
-    ctx.log(f"exporting with torch.export (batch {batch}, {lo}..{hi} samples)")
+    log.info(f"exporting with torch.export (batch {batch}, {lo}..{hi} samples)")
     with torch.no_grad(), folded_weight_norm(model), torch.backends.mkldnn.flags(enabled=False), _quiet():
         try:
             program = torch.export.export(wrapper, args, dynamic_shapes=dynamic)
             if recipe.precision == "int8":
                 program, section["quantization"], section["calibration_samples"] = _quantize(ctx, program, args,
                                                                                                dynamic)
-            ctx.log("lowering to ExecuTorch with the XNNPACK partitioner")
+            log.info("lowering to ExecuTorch with the XNNPACK partitioner")
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             built_lo, built_hi = _length_range(lowered.exported_program(), lo, hi)
             executorch_program = lowered.to_executorch(
@@ -95,9 +120,8 @@ def build(ctx: BuildContext) -> dict[str, Any]:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise HubertExportError(f"ExecuTorch export failed: {type(exc).__name__}: {first}") from exc
     (ctx.out_dir / MODEL_NAME).write_bytes(executorch_program.buffer)
-    section["shape_range"] = ShapeRange(Shape(batch, built_lo), Shape(batch, min(max(example_len, built_lo), built_hi)),
-                                        Shape(batch, built_hi)).to_dict()
-    return section
+    opt = min(max(example_len, built_lo), built_hi)
+    return section, ShapeRange(Shape(batch, built_lo), Shape(batch, opt), Shape(batch, built_hi))
 
 
 def _example(batch: int, samples: int) -> torch.Tensor:
@@ -106,7 +130,7 @@ def _example(batch: int, samples: int) -> torch.Tensor:
     return example
 
 
-def _quantize(ctx: BuildContext, program: Any, args: tuple[torch.Tensor, ...],
+def _quantize(ctx: BuildInputs, program: Any, args: tuple[torch.Tensor, ...],
               dynamic: dict[str, Any]) -> tuple[Any, str, int | None]:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -121,7 +145,7 @@ def _quantize(ctx: BuildContext, program: Any, args: tuple[torch.Tensor, ...],
     samples = None
     if method == "static":
         batches = ctx.calibration_inputs()
-        ctx.log(f"calibrating INT8 (XNNPACK quantiser, PT2E) on {len(batches)} recordings")
+        log.info(f"calibrating INT8 (XNNPACK quantiser, PT2E) on {len(batches)} recordings")
         batch = args[0].shape[0]
         for inputs in batches:
             feed = [torch.from_numpy(np.repeat(inputs[name], batch, axis=0)) for name in ctx.input_names]
@@ -164,25 +188,30 @@ class ExecuTorchRunner(Runner):
 
     def __init__(self, model_path: Path, *, input_names: list[str], output_names: list[str], threads: int = 0,
                  shape_range: Any = None) -> None:
+        self.name = "executorch"
+        self.model_path = model_path
+        self.input_names = input_names
+        self.output_names = output_names
+        self.threads = threads
+        self.shape_range = shape_range
+
+    def _activate(self) -> None:
         try:
             from executorch.extension.pybindings import portable_lib
             from executorch.runtime import Runtime
         except ImportError:
             raise HubertExportError(f"this artifact is an ExecuTorch program and needs the [executorch] extra: "
                                     f"{EXTRA_HINT}") from None
-        if threads > 0:
-            portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's pool is process-wide
+        if self.threads > 0:
+            portable_lib._unsafe_reset_threadpool(self.threads)  # XNNPACK's pool is process-wide
         try:
-            self.method = Runtime.get().load_program(model_path).load_method("forward")
+            self.method = Runtime.get().load_program(self.model_path).load_method("forward")
         except (RuntimeError, ValueError) as exc:
-            raise HubertExportError(f"ExecuTorch cannot load {model_path.name} ({str(exc).splitlines()[0][:200]}): "
-                                    "the file is corrupt or was modified; rebuild the artifact") from None
-        self.name = "executorch"
-        self.input_names = input_names
-        self.output_names = output_names
-        self.shape_range = shape_range
+            raise HubertExportError(f"ExecuTorch cannot load {self.model_path.name} "
+                                    f"({str(exc).splitlines()[0][:200]}): the file is corrupt or was modified; "
+                                    "rebuild the artifact") from None
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(inputs, self.input_names, self.shape_range)
         feed = [torch.from_numpy(np.ascontiguousarray(inputs["input_values"], dtype=np.float32))]
         if "attention_mask" in self.input_names:
@@ -190,21 +219,5 @@ class ExecuTorchRunner(Runner):
         outputs = self.method.execute(feed)
         return {name: out.numpy().astype(np.float32, copy=False) for name, out in zip(self.output_names, outputs)}
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         self.method = None
-
-
-def load(artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True) -> ExecuTorchRunner:
-    from hubert_export.recipes import recipe_from_dict
-
-    manifest = artifact.manifest
-    options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").executorch
-    io_section = manifest.get("io", {})
-    # The runtime refuses shapes outside the planned range with a bare error code: check first.
-    return ExecuTorchRunner(
-        artifact.path / MODEL_NAME,
-        input_names=[i["name"] for i in io_section.get("inputs", [{"name": "input_values"}])],
-        output_names=[o["name"] for o in io_section.get("outputs", [])],
-        threads=threads if threads is not None else options.num_threads,
-        shape_range=artifact.shape_range(),
-    )

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from hubert_export.artifact import Artifact
-from hubert_export.backends import BuildContext
+from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
 from hubert_export.recipes import Recipe, Shape, ShapeRange
 from hubert_export.runner import Runner, check_inputs
@@ -42,7 +42,6 @@ from hubert_export.runner import Runner, check_inputs
 MODEL_NAME = "model.tflite"
 SIGNATURE = "serving_default"
 EXTRA_HINT = "pip install 'hubert-export[litert]' (in its own virtual environment: see the README)"
-EXPORTS_ONNX = False  # converted from the PyTorch model, not from the ONNX export
 # Static INT8 quantises the weights and activations of these ops (the model's MatMuls and the
 # feature encoder's convolutions after the first, a depthwise one), as the ONNX Runtime back end
 # does. ai-edge-quantizer's full-integer recipe (every op, waveform input included) measured on the
@@ -50,16 +49,62 @@ EXPORTS_ONNX = False  # converted from the PyTorch model, not from the ONNX expo
 # synthetic case, CER against eager 0.5; these two ops alone: 0.995 on the same speech.
 STATIC_INT8_OPS = ("FULLY_CONNECTED", "CONV_2D")
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the converter's C++ start-up banners
 
 
-def check_available(recipe: Recipe) -> None:
-    """Refuse, before any work, a build without the converter installed."""
-    missing = _missing_packages(("litert_torch", "ai_edge_litert", "ai_edge_quantizer"))
-    if missing:
-        raise HubertExportError(f"--target litert needs the [litert] extra ({', '.join(missing)} not installed): "
-                                f"{EXTRA_HINT}")
+class LiteRtBackend(Backend):
+    target = "litert"
+    needs_onnx = False  # converted from the PyTorch model
+
+    def check_available(self, recipe: Recipe) -> None:
+        """Refuse, before any work, a build without the converter installed."""
+        missing = _missing_packages(("litert_torch", "ai_edge_litert", "ai_edge_quantizer"))
+        if missing:
+            raise HubertExportError(f"--target litert needs the [litert] extra ({', '.join(missing)} not "
+                                    f"installed): {EXTRA_HINT}")
+
+    def graph_passes(self, recipe: Recipe) -> list[str]:
+        return []  # converted from PyTorch: the ONNX graph passes do not apply
+
+    def static_shape(self, recipe: Recipe) -> Shape:
+        """The one shape the artifact is built for: the recipe's opt shape."""
+        return recipe.shapes.opt
+
+    def build(self, inputs: BuildInputs) -> BackendBuild:
+        recipe = inputs.recipe
+        shape = self.static_shape(recipe)
+        float_model = _convert(inputs, shape)
+        section: dict[str, Any] = {
+            "files": [MODEL_NAME], "litert_torch": _version("litert-torch"),
+            "ai_edge_litert": _version("ai-edge-litert"), "signature": SIGNATURE,
+            "built_shape": {"batch": shape.batch, "samples": shape.samples},
+        }
+        if recipe.precision == "fp32":
+            model_bytes = float_model
+        else:
+            model_bytes = _quantize(inputs, float_model, shape, section)
+        (inputs.out_dir / MODEL_NAME).write_bytes(model_bytes)
+        return BackendBuild(section, shape_range=ShapeRange(shape, shape, shape))
+
+    def load(self, artifact: Artifact, *, threads: int | None = None,
+             enforce_shape_range: bool = True) -> LiteRtRunner:
+        from hubert_export.recipes import recipe_from_dict
+
+        manifest = artifact.manifest
+        built = manifest.get("backend", {}).get("built_shape")
+        if not isinstance(built, dict):
+            raise HubertExportError(f"artifact {artifact.path}: manifest.json has no backend.built_shape: "
+                                    "rebuild the artifact")
+        options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").litert
+        io_section = manifest.get("io", {})
+        return LiteRtRunner(
+            artifact.path / MODEL_NAME,
+            input_names=[i["name"] for i in io_section.get("inputs", [{"name": "input_values"}])],
+            output_names=[o["name"] for o in io_section.get("outputs", [])],
+            shape=Shape(int(built["batch"]), int(built["samples"])),
+            threads=threads if threads is not None else options.num_threads,
+        )
 
 
 def _missing_packages(modules: tuple[str, ...]) -> list[str]:
@@ -68,52 +113,33 @@ def _missing_packages(modules: tuple[str, ...]) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
-def graph_passes(recipe: Recipe) -> list[str]:
-    return []  # converted from PyTorch: the ONNX graph passes do not apply
-
-
-def static_shape(recipe: Recipe) -> Shape:
-    """The one shape the artifact is built for: the recipe's opt shape."""
-    return recipe.shapes.opt
-
-
-def build(ctx: BuildContext) -> dict[str, Any]:
-    recipe = ctx.recipe
-    shape = static_shape(recipe)
-    target = ctx.out_dir / MODEL_NAME
-    float_model = _convert(ctx, shape)
-    section: dict[str, Any] = {
-        "files": [MODEL_NAME], "litert_torch": _version("litert-torch"), "ai_edge_litert": _version("ai-edge-litert"),
-        "signature": SIGNATURE, "built_shape": {"batch": shape.batch, "samples": shape.samples},
-        "shape_range": ShapeRange(shape, shape, shape).to_dict(),
-    }
-    if recipe.precision == "fp32":
-        target.write_bytes(float_model)
-        return section
-    from ai_edge_quantizer import qtyping, quantizer, recipe as quant_recipes
+def _quantize(inputs: BuildInputs, float_model: bytes, shape: Shape, section: dict[str, Any]) -> bytes:
+    from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer import recipe as quant_recipes
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
+    recipe = inputs.recipe
     section["ai_edge_quantizer"] = _version("ai-edge-quantizer")
     quant = quantizer.Quantizer(float_model)
     calibration = None
     if recipe.precision == "fp16":
-        ctx.log("casting weights to FP16 (ai-edge-quantizer)")
+        log.info("casting weights to FP16 (ai-edge-quantizer)")
         quant.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                      num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
         section["quantization"] = "fp16 weights"
     elif recipe.calibration.method == "dynamic":
-        ctx.log("quantising to INT8, dynamic range (ai-edge-quantizer)")
+        log.info("quantising to INT8, dynamic range (ai-edge-quantizer)")
         quant.load_quantization_recipe(quant_recipes.dynamic_wi8_afp32())
         section["quantization"] = "dynamic"
     else:
         from hubert_export.parity import fit_inputs
 
-        batches = ctx.calibration_inputs()
-        ctx.log(f"quantising to static INT8, calibrated on {len(batches)} recordings (ai-edge-quantizer)")
+        batches = inputs.calibration_inputs()
+        log.info(f"quantising to static INT8, calibrated on {len(batches)} recordings (ai-edge-quantizer)")
         for op in STATIC_INT8_OPS:
             quant.add_static_config(regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
                                     activation_num_bits=8, weight_num_bits=8)
-        feeds = [_feed(fit_inputs(b, shape.batch, shape.samples), ctx.input_names) for b in batches]
+        feeds = [_feed(fit_inputs(b, shape.batch, shape.samples), inputs.input_names) for b in batches]
         with _quiet():
             calibration = quant.calibrate({SIGNATURE: feeds})
         section["quantization"] = "static"
@@ -121,31 +147,29 @@ def build(ctx: BuildContext) -> dict[str, Any]:
         section["calibration_samples"] = len(batches)
     with _quiet():
         result = quant.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
-    target.write_bytes(bytes(result.quantized_model))
-    return section
+    return bytes(result.quantized_model)
 
 
-def _convert(ctx: BuildContext, shape: Shape) -> bytes:
+def _convert(inputs: BuildInputs, shape: Shape) -> bytes:
     import litert_torch
 
     from hubert_export.export import folded_weight_norm
     from hubert_export.tasks import ExportModule
 
-    model = ctx.model
-    wrapper = ExportModule(model, ctx.recipe.export.output_hidden_states).eval()
+    model = inputs.model
+    wrapper = ExportModule(model, inputs.recipe.export.output_hidden_states).eval()
     example = {"input_values": torch.zeros(shape.batch, shape.samples)}
     example["input_values"][:, ::7] = 0.5
-    if "attention_mask" in ctx.input_names:
+    if "attention_mask" in inputs.input_names:
         example["attention_mask"] = torch.ones(shape.batch, shape.samples, dtype=torch.int64)
-    ctx.log(f"converting to LiteRT at batch {shape.batch} x {shape.samples} samples (litert-torch)")
+    log.info(f"converting to LiteRT at batch {shape.batch} x {shape.samples} samples (litert-torch)")
     with torch.no_grad(), folded_weight_norm(model), _quiet():
         try:
             edge = litert_torch.convert(wrapper, sample_kwargs=example)
         except Exception as exc:  # the converter raises many types; the user needs one line
             raise HubertExportError(f"LiteRT conversion failed: {type(exc).__name__}: "
                                     f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
-        scratch = ctx.out_dir / ".work" / "float.tflite"
-        scratch.parent.mkdir(exist_ok=True)
+        scratch = inputs.work_dir / "float.tflite"
         edge.export(str(scratch))
     return scratch.read_bytes()
 
@@ -175,40 +199,46 @@ class LiteRtRunner(Runner):
 
     def __init__(self, model_path: Path, *, input_names: list[str], output_names: list[str], shape: Shape,
                  threads: int = 0) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise HubertExportError(f"this artifact is a LiteRT model and needs the [litert] extra: {EXTRA_HINT}") from None
-        try:
-            # num_threads None lets the interpreter choose; XNNPACK is its default CPU delegate.
-            self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads if threads > 0 else None)
-            self.signature = self.interpreter.get_signature_runner(SIGNATURE)
-        except (ValueError, RuntimeError) as exc:
-            raise HubertExportError(f"LiteRT cannot load {model_path.name} ({str(exc).splitlines()[0][:200]}): "
-                                    "the file is corrupt or was modified; rebuild the artifact") from None
         self.name = "litert"
+        self.model_path = model_path
         self.input_names = input_names
         self.output_names = output_names
         self.shape = shape
+        self.threads = threads
+
+    def _activate(self) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise HubertExportError(f"this artifact is a LiteRT model and needs the [litert] extra: "
+                                    f"{EXTRA_HINT}") from None
+        try:
+            # num_threads None lets the interpreter choose; XNNPACK is its default CPU delegate.
+            self.interpreter = Interpreter(model_path=str(self.model_path),
+                                           num_threads=self.threads if self.threads > 0 else None)
+            self.signature = self.interpreter.get_signature_runner(SIGNATURE)
+        except (ValueError, RuntimeError) as exc:
+            raise HubertExportError(f"LiteRT cannot load {self.model_path.name} ({str(exc).splitlines()[0][:200]}): "
+                                    "the file is corrupt or was modified; rebuild the artifact") from None
         self.input_details = self.signature.get_input_details()
         self.output_details = self.signature.get_output_details()
-        # The converter names outputs output_0, output_1, ... in the module's return order.
-        self.output_keys = sorted(self.output_details, key=lambda k: int(k.rsplit("_", 1)[-1]) if k[-1].isdigit() else 0)
+        # The converter names outputs output_0, output_1, ... in the order the module returns them.
+        self.output_keys = sorted(self.output_details, key=lambda key: int(key.rsplit("_", 1)[-1]))
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(inputs, self.input_names, None)
         got = inputs["input_values"].shape
         if got != (self.shape.batch, self.shape.samples):
             raise HubertExportError(
-                f"input of batch {got[0]} x {got[1]} samples does not match the shape this LiteRT model was built for "
-                f"(batch {self.shape.batch} x {self.shape.samples} samples): pad or split the input to it, or rebuild "
-                "with another --opt-shape")
+                f"input of batch {got[0]} x {got[1]} samples does not match the shape this LiteRT model was built "
+                f"for (batch {self.shape.batch} x {self.shape.samples} samples): pad or split the input to it, or "
+                "rebuild with another --opt-shape")
         feed = {name: _to_tensor(inputs[name], self.input_details[name]) for name in self.input_names}
         outputs = self.signature(**feed)
         return {name: _from_tensor(outputs[key], self.output_details[key])
                 for name, key in zip(self.output_names, self.output_keys)}
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         self.signature = None
         self.interpreter = None
 
@@ -227,23 +257,3 @@ def _from_tensor(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if scale and value.dtype.kind in "iu":
         return ((value.astype(np.float32) - zero_point) * scale).astype(np.float32)
     return value.astype(np.float32, copy=False)
-
-
-def load(artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True) -> LiteRtRunner:
-    from hubert_export.recipes import recipe_from_dict
-
-    manifest = artifact.manifest
-    built = manifest.get("backend", {}).get("built_shape")
-    if not isinstance(built, dict):
-        raise HubertExportError(f"artifact {artifact.path}: manifest.json has no backend.built_shape: rebuild the artifact")
-    options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").litert
-    io_section = manifest.get("io", {})
-    return LiteRtRunner(
-        artifact.path / MODEL_NAME,
-        input_names=[i["name"] for i in io_section.get("inputs", [{"name": "input_values"}])],
-        output_names=[o["name"] for o in io_section.get("outputs", [])],
-        shape=Shape(int(built["batch"]), int(built["samples"])),
-        threads=threads if threads is not None else options.num_threads,
-    )
-
-

@@ -9,6 +9,7 @@ against 0.816 s per run, with sessions starting in 1.5 s instead of 0.44 s and b
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ import onnx
 import onnxruntime as ort
 
 from hubert_export.artifact import Artifact
-from hubert_export.backends import BuildContext
+from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
 from hubert_export.passes import ONNXRUNTIME_OFFLINE_PASSES, PORTABLE_PASSES
 from hubert_export.recipes import Recipe
 from hubert_export.runner import Runner, check_inputs
 
+log = logging.getLogger(__name__)
 MODEL_NAME = "model.onnx"
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -33,42 +35,59 @@ _OPT_LEVELS = {
 }
 
 
-def graph_passes(recipe: Recipe) -> list[str]:
-    if recipe.precision != "fp32":
-        # One wide q/k/v MatMul quantises its input once instead of three times (dynamic INT8,
-        # hubert-base 10 s: 0.515 s against 0.522 s without the passes).
-        return list(PORTABLE_PASSES)
-    # FP32: the session's load-time optimiser makes the passes moot (hubert-base 10 s: 0.816 s with
-    # them, 0.817 s without), so the exporter's graph ships as it is, without 2 s of build time.
-    return list(ONNXRUNTIME_OFFLINE_PASSES) if recipe.onnxruntime.offline_fusions else []
+class OnnxRuntimeBackend(Backend):
+    target = "onnx"
 
+    def graph_passes(self, recipe: Recipe) -> list[str]:
+        if recipe.precision != "fp32":
+            # One wide q/k/v MatMul quantises its input once instead of three times (dynamic INT8,
+            # hubert-base 10 s: 0.515 s against 0.522 s without the passes).
+            return list(PORTABLE_PASSES)
+        # FP32: the session's load-time optimiser makes the passes moot (hubert-base 10 s: 0.816 s with
+        # them, 0.817 s without), so the exporter's graph ships as it is, without 2 s of build time.
+        return list(ONNXRUNTIME_OFFLINE_PASSES) if recipe.onnxruntime.offline_fusions else []
 
-def build(ctx: BuildContext) -> dict[str, Any]:
-    precision = ctx.recipe.precision
-    target = ctx.out_dir / MODEL_NAME
-    section: dict[str, Any] = {"files": [MODEL_NAME], "onnxruntime": ort.__version__}
-    if precision == "fp32":
-        ctx.write_export(target)
-    elif precision == "int8":
-        method = ctx.recipe.calibration.method
-        ctx.log(f"quantising to INT8 ({method})")
-        if method == "dynamic":
-            _quantize_dynamic(ctx.onnx_path, target)
-        else:
-            section["calibration_samples"] = _quantize_static(ctx, target)
-        section["quantization"] = method
-    elif precision == "fp16":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise HubertExportError(
-                "ONNX Runtime FP16 needs the CUDA execution provider (onnxruntime-gpu and an NVIDIA GPU), "
-                "which this machine lacks: use --precision fp32 or int8, or --target tensorrt on a GPU machine"
-            )
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+    def build(self, inputs: BuildInputs) -> BackendBuild:
+        precision = inputs.recipe.precision
+        target = inputs.out_dir / MODEL_NAME
+        section: dict[str, Any] = {"files": [MODEL_NAME], "onnxruntime": ort.__version__}
+        digests: dict[str, str] = {}
+        if precision == "fp32":
+            digest = inputs.graph.write(target)
+            if digest is not None:
+                digests[MODEL_NAME] = digest
+        elif precision == "int8":
+            method = inputs.recipe.calibration.method
+            log.info(f"quantising to INT8 ({method})")
+            if method == "dynamic":
+                _quantize_dynamic(inputs.graph.file(), target)
+            else:
+                section["calibration_samples"] = _quantize_static(inputs, target)
+            section["quantization"] = method
+        elif precision == "fp16":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise HubertExportError(
+                    "ONNX Runtime FP16 needs the CUDA execution provider (onnxruntime-gpu and an NVIDIA GPU), "
+                    "which this machine lacks: use --precision fp32 or int8, or --target tensorrt on a GPU machine"
+                )
+            from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(ctx.onnx_model(), keep_io_types=True)
-        onnx.save(model, str(target))
-        section["providers"] = ["CUDAExecutionProvider"]
-    return section
+            model = convert_float_to_float16(inputs.graph.model(), keep_io_types=True)
+            onnx.save(model, str(target))
+            section["providers"] = ["CUDAExecutionProvider"]
+        return BackendBuild(section, digests)
+
+    def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
+             optimization_level: str | None = None) -> OnnxRuntimeRunner:
+        options = artifact.manifest.get("recipe", {}).get("onnxruntime", {})
+        providers = artifact.manifest.get("backend", {}).get("providers")
+        return OnnxRuntimeRunner(
+            artifact.path / MODEL_NAME,
+            threads=threads if threads is not None else options.get("intra_op_threads", 0),
+            optimization_level=optimization_level or options.get("graph_optimization_level", "all"),
+            providers=providers,
+            shape_range=artifact.shape_range() if enforce_shape_range else None,
+        )
 
 
 def _quantize_dynamic(source: Path, target: Path) -> None:
@@ -79,11 +98,11 @@ def _quantize_dynamic(source: Path, target: Path) -> None:
                      extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_static(ctx: BuildContext, target: Path) -> int:
+def _quantize_static(inputs: BuildInputs, target: Path) -> int:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = ctx.calibration_inputs()
+    batches = inputs.calibration_inputs()
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -91,16 +110,16 @@ def _quantize_static(ctx: BuildContext, target: Path) -> int:
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             item = next(self.items, None)
-            return None if item is None else {k: v for k, v in item.items() if k in ctx.input_names}
+            return None if item is None else {k: v for k, v in item.items() if k in inputs.input_names}
 
-    with tempfile.TemporaryDirectory(dir=ctx.out_dir) as scratch:
+    with tempfile.TemporaryDirectory(dir=inputs.work_dir) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(ctx.onnx_path), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(inputs.graph.file()), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
             op_types_to_quantize=["MatMul", "Conv"],
-            nodes_to_exclude=list(ctx.recipe.calibration.ignored_scopes),
+            nodes_to_exclude=list(inputs.recipe.calibration.ignored_scopes),
             extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True},
         )
     return len(batches)
@@ -109,39 +128,32 @@ def _quantize_static(ctx: BuildContext, target: Path) -> int:
 class OnnxRuntimeRunner(Runner):
     def __init__(self, model_path: Path, *, threads: int = 0, optimization_level: str = "all",
                  providers: list[str] | None = None, shape_range: Any = None) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = _OPT_LEVELS[optimization_level]
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
-            raise HubertExportError(
-                f"ONNX Runtime cannot load {model_path.name} ({str(exc).splitlines()[0][:200]}): "
-                "the file is corrupt or was modified; rebuild the artifact"
-            ) from None
         self.name = "onnxruntime"
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.model_path = model_path
+        self.threads = threads
+        self.optimization_level = optimization_level
+        self.providers = providers or ["CPUExecutionProvider"]
         self.shape_range = shape_range
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _activate(self) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.graph_optimization_level = _OPT_LEVELS[self.optimization_level]
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
+            raise HubertExportError(
+                f"ONNX Runtime cannot load {self.model_path.name} ({str(exc).splitlines()[0][:200]}): "
+                "the file is corrupt or was modified; rebuild the artifact"
+            ) from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(inputs, self.input_names, self.shape_range)
         feed = {name: inputs[name] for name in self.input_names}
         return dict(zip(self.output_names, self.session.run(None, feed)))
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         self.session = None
-
-
-def load(artifact: Artifact, *, threads: int | None = None, optimization_level: str | None = None,
-         enforce_shape_range: bool = True) -> OnnxRuntimeRunner:
-    options = artifact.manifest.get("recipe", {}).get("onnxruntime", {})
-    providers = artifact.manifest.get("backend", {}).get("providers")
-    return OnnxRuntimeRunner(
-        artifact.path / MODEL_NAME,
-        threads=threads if threads is not None else options.get("intra_op_threads", 0),
-        optimization_level=optimization_level or options.get("graph_optimization_level", "all"),
-        providers=providers,
-        shape_range=artifact.shape_range() if enforce_shape_range else None,
-    )

@@ -31,12 +31,13 @@ import numpy as np
 import openvino as ov
 
 from hubert_export.artifact import Artifact
-from hubert_export.backends import BuildContext
+from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
 from hubert_export.passes import PORTABLE_PASSES
 from hubert_export.recipes import OpenVinoOptions, Recipe, Shape
 from hubert_export.runner import Runner, check_inputs
 
+log = logging.getLogger(__name__)
 MODEL_XML = "model.xml"
 MODEL_BIN = "model.bin"
 _WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
@@ -44,38 +45,67 @@ _WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
 _TRANSPARENT_OPS = {"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Convert"}
 
 
-def graph_passes(recipe: Recipe) -> list[str]:
-    # The configuration whose latency and INT8 accuracy the benchmarks and tests measured.
-    return list(PORTABLE_PASSES)
+class OpenVinoBackend(Backend):
+    target = "openvino"
 
+    def graph_passes(self, recipe: Recipe) -> list[str]:
+        # The configuration whose latency and INT8 accuracy the benchmarks and tests measured.
+        return list(PORTABLE_PASSES)
 
-def build(ctx: BuildContext) -> dict[str, Any]:
-    precision = ctx.recipe.precision
-    ctx.log("converting to OpenVINO IR")
-    model = _convert(ctx)
-    section: dict[str, Any] = {"files": [MODEL_XML, MODEL_BIN], "openvino": ov.get_version(),
-                               "weights": "fp16" if precision == "fp16" else "fp32",
-                               "compile": compile_config(ctx.recipe.openvino)}
-    if precision == "int8":
-        import nncf
-        from nncf.common.logging import nncf_logger
+    def static_shape(self, recipe: Recipe) -> Shape | None:
+        return recipe.openvino.static_shape
 
-        level = nncf_logger.level
-        nncf.set_log_level(logging.WARNING)  # its INFO lines repeat our own progress lines
+    def build(self, inputs: BuildInputs) -> BackendBuild:
+        precision = inputs.recipe.precision
+        log.info("converting to OpenVINO IR")
+        model = _convert(inputs)
+        section: dict[str, Any] = {"files": [MODEL_XML, MODEL_BIN], "openvino": ov.get_version(),
+                                   "weights": "fp16" if precision == "fp16" else "fp32",
+                                   "compile": compile_config(inputs.recipe.openvino)}
+        if precision == "int8":
+            import nncf
+            from nncf.common.logging import nncf_logger
+
+            level = nncf_logger.level
+            nncf.set_log_level(logging.WARNING)  # its INFO lines repeat our own progress lines
+            try:
+                model, section["quantization"] = _quantize(inputs, model)
+            finally:
+                nncf.set_log_level(level)
+            section["nncf"] = nncf.__version__
+        ov.save_model(model, str(inputs.out_dir / MODEL_XML), compress_to_fp16=precision == "fp16")
+        return BackendBuild(section)
+
+    def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
+             performance_hint: str | None = None) -> OpenVinoRunner:
+        from hubert_export.recipes import recipe_from_dict
+
+        manifest = artifact.manifest
         try:
-            model, section["quantization"] = _quantize(ctx, model)
-        finally:
-            nncf.set_log_level(level)
-        section["nncf"] = nncf.__version__
-    ov.save_model(model, str(ctx.out_dir / MODEL_XML), compress_to_fp16=precision == "fp16")
-    return section
+            options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").openvino
+        except KeyError:
+            raise HubertExportError(f"artifact {artifact.path}: manifest.json has no recipe: "
+                                    "rebuild the artifact") from None
+        config = compile_config(options)
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        if performance_hint is not None:
+            config["PERFORMANCE_HINT"] = performance_hint.upper()
+        io = manifest.get("io", {})
+        return OpenVinoRunner(
+            artifact.path / MODEL_XML, config=config,
+            input_names=[i["name"] for i in io.get("inputs", [{"name": "input_values"}])],
+            output_names=[o["name"] for o in io.get("outputs", [])],
+            static_shape=options.static_shape,
+            shape_range=artifact.shape_range() if enforce_shape_range else None,
+        )
 
 
-def _convert(ctx: BuildContext) -> ov.Model:
-    model = ov.convert_model(str(ctx.onnx_path))
+def _convert(inputs: BuildInputs) -> ov.Model:
+    model = ov.convert_model(str(inputs.graph.file()))
     # The converter keeps ONNX value names as tensor names; check, since runners look them up by name.
-    for kind, ports, expected in (("inputs", model.inputs, ctx.input_names),
-                                  ("outputs", model.outputs, ctx.output_names)):
+    for kind, ports, expected in (("inputs", model.inputs, inputs.input_names),
+                                  ("outputs", model.outputs, inputs.output_names)):
         found = [p.get_names() for p in ports]
         if len(found) != len(expected) or any(name not in names for name, names in zip(expected, found)):
             raise RuntimeError(f"OpenVINO converted the model with {kind} {found}, expected {expected}")
@@ -98,13 +128,13 @@ def compile_config(options: OpenVinoOptions) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ INT8
-def _quantize(ctx: BuildContext, model: ov.Model) -> tuple[ov.Model, dict[str, Any]]:
+def _quantize(build: BuildInputs, model: ov.Model) -> tuple[ov.Model, dict[str, Any]]:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    cal = ctx.recipe.calibration
-    items = ctx.calibration_inputs()
-    names = ctx.input_names
+    cal = build.recipe.calibration
+    items = build.calibration_inputs()
+    names = build.input_names
 
     def model_inputs(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {n: item[n] for n in names}
@@ -116,7 +146,7 @@ def _quantize(ctx: BuildContext, model: ov.Model) -> tuple[ov.Model, dict[str, A
         # input in place: measured on the tiny CTC model, a model with every layer reverted still
         # differed from FP32 by 0.29 (12% of frame argmaxes), so the requested drop was unreachable.
         if alpha is not None and alpha >= 0:
-            ctx.log("SmoothQuant is off in accuracy-controlled quantisation (NNCF cannot revert it)")
+            log.info("SmoothQuant is off in accuracy-controlled quantisation (NNCF cannot revert it)")
         alpha = -1.0
     advanced = AdvancedQuantizationParameters()
     if alpha is not None:
@@ -129,16 +159,16 @@ def _quantize(ctx: BuildContext, model: ov.Model) -> tuple[ov.Model, dict[str, A
                                "smooth_quant_alpha": alpha, "ignored_scopes": list(cal.ignored_scopes),
                                "fast_bias_correction": cal.fast_bias_correction}
     if cal.max_accuracy_drop is None:
-        ctx.log(f"quantising to INT8 with NNCF on {len(items)} recordings")
+        log.info(f"quantising to INT8 with NNCF on {len(items)} recordings")
         quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **options)
     else:
         quantized, details["accuracy_control"] = _quantize_with_accuracy_control(
-            ctx, model, items, model_inputs, dataset, advanced, options)
+            build, model, items, model_inputs, dataset, advanced, options)
         details["method"] = "nncf-accuracy-control"
     quantized_ops, float_ops = _layer_precisions(quantized)
     details["quantized_layers"] = len(quantized_ops)
     details["float_layers"] = float_ops
-    ctx.log(f"INT8: {len(quantized_ops)} layers quantised, {len(float_ops)} left in float")
+    log.info(f"INT8: {len(quantized_ops)} layers quantised, {len(float_ops)} left in float")
     return quantized, details
 
 
@@ -159,13 +189,13 @@ def _ignored_scope(model: ov.Model, patterns: tuple[str, ...]):
     return nncf.IgnoredScope(patterns=[f".*(?:{p}).*" for p in patterns], validate=False)
 
 
-def _quantize_with_accuracy_control(ctx: BuildContext, model: ov.Model, items: list[dict[str, np.ndarray]],
+def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: list[dict[str, np.ndarray]],
                                     model_inputs, dataset, advanced, options) -> tuple[ov.Model, dict[str, Any]]:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    output = ctx.output_names[0]
-    metric = _agreement_metric(ctx.task.name)
+    output = build.output_names[0]
+    metric = _agreement_metric(build.task.name)
     # The metric is agreement with the FP32 model, so the calibration audio needs no labels and
     # serves as the validation set as well.
     fp32 = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -177,8 +207,8 @@ def _quantize_with_accuracy_control(ctx: BuildContext, model: ov.Model, items: l
         scores = [metric(references[i], compiled(model_inputs(items[i]))[compiled.output(output)]) for i in indices]
         return float(np.mean(scores)), scores
 
-    drop = ctx.recipe.calibration.max_accuracy_drop
-    ctx.log(f"quantising to INT8 with NNCF accuracy control (max absolute drop {drop:g}) on {len(items)} recordings")
+    drop = build.recipe.calibration.max_accuracy_drop
+    log.info(f"quantising to INT8 with NNCF accuracy control (max absolute drop {drop:g}) on {len(items)} recordings")
     quantized = nncf.quantize_with_accuracy_control(
         model, dataset, validation, validation_fn, max_drop=drop, drop_type=nncf.DropType.ABSOLUTE,
         advanced_quantization_parameters=advanced,
@@ -220,28 +250,33 @@ def _layer_precisions(model: ov.Model) -> tuple[list[str], list[str]]:
 class OpenVinoRunner(Runner):
     def __init__(self, xml_path: Path, *, config: dict[str, str], input_names: list[str],
                  output_names: list[str], static_shape: Shape | None = None, shape_range: Any = None) -> None:
-        core = ov.Core()
-        rebuild = "the files are corrupt, truncated or were modified; rebuild the artifact"
-        for path in (xml_path, xml_path.with_suffix(".bin")):
-            if not path.is_file():
-                raise HubertExportError(f"OpenVINO model file {path} is missing: rebuild the artifact")
-        try:
-            model = core.read_model(str(xml_path))
-            if static_shape is not None:
-                model.reshape({name: [static_shape.batch, static_shape.samples] for name in input_names})
-            self.compiled = core.compile_model(model, "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
-            files = f"{xml_path.name}/{xml_path.with_suffix('.bin').name}"
-            raise HubertExportError(f"OpenVINO cannot load {files} ({_reason(exc)}): {rebuild}") from None
         self.name = "openvino"
+        self.xml_path = xml_path
+        self.config = config
         self.input_names = input_names
         self.output_names = output_names
         self.static_shape = static_shape
         self.shape_range = shape_range
-        self.outputs = [self.compiled.output(n) for n in output_names]
+
+    def _activate(self) -> None:
+        xml_path = self.xml_path
+        rebuild = "the files are corrupt, truncated or were modified; rebuild the artifact"
+        for path in (xml_path, xml_path.with_suffix(".bin")):
+            if not path.is_file():
+                raise HubertExportError(f"OpenVINO model file {path} is missing: rebuild the artifact")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(xml_path))
+            if self.static_shape is not None:
+                model.reshape({name: [self.static_shape.batch, self.static_shape.samples] for name in self.input_names})
+            self.compiled = core.compile_model(model, "CPU", self.config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
+            files = f"{xml_path.name}/{xml_path.with_suffix('.bin').name}"
+            raise HubertExportError(f"OpenVINO cannot load {files} ({_reason(exc)}): {rebuild}") from None
+        self.outputs = [self.compiled.output(n) for n in self.output_names]
         self.request = self.compiled.create_infer_request()
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(inputs, self.input_names, self.shape_range)
         static = self.static_shape
         if static is not None and inputs["input_values"].shape != (static.batch, static.samples):
@@ -253,34 +288,9 @@ class OpenVinoRunner(Runner):
         results = self.request.infer({n: inputs[n] for n in self.input_names})
         return {name: np.array(results[port]) for name, port in zip(self.output_names, self.outputs)}
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         self.request = None
         self.compiled = None
-
-
-def load(artifact: Artifact, *, threads: int | None = None, performance_hint: str | None = None,
-         enforce_shape_range: bool = True) -> OpenVinoRunner:
-    from hubert_export.recipes import recipe_from_dict
-
-    manifest = artifact.manifest
-    try:
-        options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").openvino
-    except KeyError:
-        raise HubertExportError(f"artifact {artifact.path}: manifest.json has no recipe: "
-                                "rebuild the artifact") from None
-    config = compile_config(options)
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
-    if performance_hint is not None:
-        config["PERFORMANCE_HINT"] = performance_hint.upper()
-    io = manifest.get("io", {})
-    return OpenVinoRunner(
-        artifact.path / MODEL_XML, config=config,
-        input_names=[i["name"] for i in io.get("inputs", [{"name": "input_values"}])],
-        output_names=[o["name"] for o in io.get("outputs", [])],
-        static_shape=options.static_shape,
-        shape_range=artifact.shape_range() if enforce_shape_range else None,
-    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ GPU-marked tests.
 from __future__ import annotations
 
 import ast
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,14 +39,16 @@ import numpy as np
 import onnx
 
 from hubert_export.artifact import Artifact
-from hubert_export.backends import BuildContext
+from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
 from hubert_export.export import save_onnx
 from hubert_export.passes import PORTABLE_PASSES
 from hubert_export.precision import compile_patterns, matches, module_scope
-from hubert_export.recipes import MIN_SAMPLES, Recipe, Shape, ShapeRange, Shapes
+from hubert_export.audio import MIN_SAMPLES
+from hubert_export.recipes import Recipe, Shape, ShapeRange, Shapes
 from hubert_export.runner import Runner, check_inputs
 
+log = logging.getLogger(__name__)
 MODEL_NAME = "model.plan"
 PREPARED_NAME = "tensorrt.onnx"
 
@@ -308,20 +311,15 @@ def check_engine_compatible(recorded: dict[str, Any], current: dict[str, str]) -
 
 
 # ------------------------------------------------------------------------------ build
-def graph_passes(recipe: Recipe) -> list[str]:
-    # Folded shape arithmetic: less for the ONNX parser to get wrong (Polygraphy's advice).
-    return list(PORTABLE_PASSES)
-
-
-def build(ctx: BuildContext) -> dict[str, Any]:
+def build_engine(inputs: BuildInputs) -> BackendBuild:
     import tensorrt as trt
 
-    recipe = ctx.recipe
+    recipe = inputs.recipe
     env = current_environment()
-    prepared = prepare_for_tensorrt(ctx.onnx_model())
-    prepared_path = ctx.export_path.parent / PREPARED_NAME
+    prepared = prepare_for_tensorrt(inputs.graph.model())
+    prepared_path = inputs.work_dir / PREPARED_NAME
     save_onnx(prepared, prepared_path)
-    profiles = optimization_profiles(recipe.shapes, ctx.input_names)
+    profiles = optimization_profiles(recipe.shapes, inputs.input_names)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -344,7 +342,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
         # OBEY, not PREFER: a pinned layer without an FP32 kernel must fail the build, not silently run in half.
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         pinned = pin_fp32_layers(network, recipe.tensorrt.fp32_layers)
-        ctx.log(f"FP16 with {len(pinned)} layers pinned to FP32")
+        log.info(f"FP16 with {len(pinned)} layers pinned to FP32")
     for shapes in profiles:
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in shapes.items():
@@ -354,24 +352,24 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     cache_path = timing_cache_path(recipe, env["tensorrt"], env["compute_capability"])
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        ctx.log(f"timing cache {cache_path} is damaged or from another TensorRT/GPU: starting a new one")
+        log.info(f"timing cache {cache_path} is damaged or from another TensorRT/GPU: starting a new one")
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-    ctx.log(f"building the TensorRT engine ({env['gpu']}, timing cache {cache_path})")
+    log.info(f"building the TensorRT engine ({env['gpu']}, timing cache {cache_path})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise HubertExportError("TensorRT could not build an engine (see its messages above): try a larger "
                                 "tensorrt.workspace_gb, a smaller --max-shape, or fewer fp32_layers")
-    (ctx.out_dir / MODEL_NAME).write_bytes(bytes(serialized))
-    _save_timing_cache(config.get_timing_cache(), cache_path, ctx.log)
+    (inputs.out_dir / MODEL_NAME).write_bytes(bytes(serialized))
+    _save_timing_cache(config.get_timing_cache(), cache_path)
     ranges = shape_ranges(recipe.shapes)
-    return {
+    return BackendBuild({
         "files": [MODEL_NAME], "tensorrt": env["tensorrt"], "gpu": env["gpu"],
         "compute_capability": env["compute_capability"],
         "profiles": [r.to_dict() for r in ranges],
         "fp32_layers": list(recipe.tensorrt.fp32_layers) if recipe.precision == "fp16" else [],
         "fp32_layer_count": len(pinned), "workspace_gb": recipe.tensorrt.workspace_gb,
         "builder_optimization_level": recipe.tensorrt.builder_optimization_level, "timing_cache": str(cache_path),
-    }
+    })
 
 
 def pin_fp32_layers(network, patterns: Iterable[str]) -> list[str]:
@@ -398,14 +396,14 @@ def pin_fp32_layers(network, patterns: Iterable[str]) -> list[str]:
     return pinned
 
 
-def _save_timing_cache(cache, path: Path, log) -> None:
+def _save_timing_cache(cache, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temp.write_bytes(bytes(cache.serialize()))
         os.replace(temp, path)  # concurrent builds: each replaces the file whole
     except OSError as exc:  # a read-only cache directory costs build time, not the build
-        log(f"timing cache not saved to {path} ({exc.strerror})")
+        log.info(f"timing cache not saved to {path} ({exc.strerror})")
 
 
 # ------------------------------------------------------------------------------ runner
@@ -413,30 +411,34 @@ class TensorRtRunner(Runner):
     """A deserialised engine; inputs and outputs go through CUDA torch tensors on the current stream."""
 
     def __init__(self, plan_path: Path, section: dict[str, Any], shape_range: ShapeRange | None) -> None:
+        self.name = "tensorrt"
+        self.plan_path = plan_path
+        self.section = section
+        self.shape_range = shape_range
+        self.ranges = [ShapeRange(*(Shape(int(p[s]["batch"]), int(p[s]["samples"])) for s in ("min", "opt", "max")))
+                       for p in section.get("profiles", [])] or ([shape_range] if shape_range else [])
+
+    def _activate(self) -> None:
         import tensorrt as trt
         import torch
 
-        check_engine_compatible(section, current_environment())
+        check_engine_compatible(self.section, current_environment())
         self._trt, self._torch = trt, torch
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self.engine is None:
-            raise HubertExportError(f"TensorRT cannot deserialise {plan_path.name}: the file is corrupt or was "
+            raise HubertExportError(f"TensorRT cannot deserialise {self.plan_path.name}: the file is corrupt or was "
                                     "modified; rebuild the artifact")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.name = "tensorrt"
-        self.shape_range = shape_range
-        self.ranges = [ShapeRange(*(Shape(int(p[s]["batch"]), int(p[s]["samples"])) for s in ("min", "opt", "max")))
-                       for p in section.get("profiles", [])] or ([shape_range] if shape_range else [])
         self.profile = 0
         self._dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
                         trt.int64: torch.int64, trt.bool: torch.bool}
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         check_inputs(inputs, self.input_names, self.shape_range)
         batch, samples = inputs["input_values"].shape
@@ -464,15 +466,30 @@ class TensorRtRunner(Runner):
         del keep
         return {name: out.float().cpu().numpy() for name, out in outputs.items()}
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         self.context = self.engine = self.runtime = None
 
 
-def load(artifact: Artifact, *, enforce_shape_range: bool = True) -> TensorRtRunner:
-    missing = _missing_requirement()
-    if missing:
-        raise HubertExportError(f"this TensorRT artifact needs TensorRT and an NVIDIA GPU to run: this machine has "
-                                f"{missing}")
-    section = artifact.manifest.get("backend", {})
-    return TensorRtRunner(artifact.path / MODEL_NAME, section if isinstance(section, dict) else {},
-                          artifact.shape_range() if enforce_shape_range else None)
+class TensorRtBackend(Backend):
+    target = "tensorrt"
+
+    def check_available(self, recipe: Recipe) -> None:
+        check_available(recipe)
+
+    def graph_passes(self, recipe: Recipe) -> list[str]:
+        # Folded shape arithmetic: less for the ONNX parser to get wrong (Polygraphy's advice).
+        return list(PORTABLE_PASSES)
+
+    def build(self, inputs: BuildInputs) -> BackendBuild:
+        return build_engine(inputs)
+
+    def load(self, artifact: Artifact, *, threads: int | None = None,
+             enforce_shape_range: bool = True) -> TensorRtRunner:
+        # threads: TensorRT runs on the GPU; the host thread count does not apply.
+        missing = _missing_requirement()
+        if missing:
+            raise HubertExportError(f"this TensorRT artifact needs TensorRT and an NVIDIA GPU to run: this machine "
+                                    f"has {missing}")
+        section = artifact.manifest.get("backend", {})
+        return TensorRtRunner(artifact.path / MODEL_NAME, section if isinstance(section, dict) else {},
+                              artifact.shape_range() if enforce_shape_range else None)

@@ -4,11 +4,5 @@ from hubert_export.model.config import HubertConfig
 from hubert_export.model.heads import HubertForCTC, HubertForSequenceClassification
 from hubert_export.model.hubert import HubertModel, HubertPreTrainedModel
 
-ARCHITECTURES = {
-    "HubertModel": HubertModel,
-    "HubertForCTC": HubertForCTC,
-    "HubertForSequenceClassification": HubertForSequenceClassification,
-}
-
-__all__ = ["ARCHITECTURES", "HubertConfig", "HubertForCTC", "HubertForSequenceClassification", "HubertModel",
+__all__ = ["HubertConfig", "HubertForCTC", "HubertForSequenceClassification", "HubertModel",
            "HubertPreTrainedModel"]

@@ -8,7 +8,6 @@ convolution (`"layer"`). Then the feature projection maps frames to the transfor
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -101,11 +100,4 @@ def frame_lengths(config: HubertConfig, sample_lengths: torch.Tensor) -> torch.T
     for kernel, stride in zip(config.conv_kernel, config.conv_stride):
         sample_lengths = torch.div(sample_lengths - kernel, stride, rounding_mode="floor") + 1
     return sample_lengths
-
-
-def init_conv_(conv: nn.Conv1d) -> None:
-    nn.init.kaiming_normal_(conv.weight)
-    if conv.bias is not None:
-        k = math.sqrt(conv.groups / (conv.in_channels * conv.kernel_size[0]))
-        nn.init.uniform_(conv.bias, a=-k, b=k)
 

@@ -102,12 +102,6 @@ class HubertPreTrainedModel(nn.Module):
         return torch.randn(shape) * self.config.initializer_range
 
     # ------------------------------------------------------------------------------ helpers
-    def fold_weight_norm(self) -> None:
-        """Replace the weight-normed positional conv by a plain conv with the same weight (for export)."""
-        for module in self.modules():
-            if hasattr(module, "pos_conv_embed"):
-                module.pos_conv_embed.fold_weight_norm()
-
     def freeze_feature_encoder(self) -> None:
         """Stop gradients into the convolutional feature encoder (the usual fine-tuning recipe)."""
         self._backbone().feature_extractor.freeze()

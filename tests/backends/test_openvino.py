@@ -26,7 +26,6 @@ from hubert_export.recipes import default_recipe
 
 from ..conftest import TINY_BASE, save_reference_checkpoint
 
-QUIET = dict(progress=lambda _: None)
 # TINY_BASE with a CTC head: 3 feature-encoder convs, the positional conv, the feature projection,
 # 2 layers x (fused QKV, out_proj, 2 feed-forward) and the CTC head.
 TINY_WEIGHTED_LAYERS = 3 + 1 + 1 + 2 * 4 + 1
@@ -39,7 +38,7 @@ def openvino_recipe(precision: str, **overrides):
 @pytest.fixture(scope="module")
 def fp32_artifact(ctc_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ov") / "fp32"
-    result = export_artifact(ctc_checkpoint, out, openvino_recipe("fp32"), **QUIET)
+    result = export_artifact(ctc_checkpoint, out, openvino_recipe("fp32"))
     assert result.passed, result.report.failures
     return out
 
@@ -47,8 +46,7 @@ def fp32_artifact(ctc_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def int8_artifact(ctc_checkpoint, calibration_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ov") / "int8"
-    result = export_artifact(ctc_checkpoint, out, openvino_recipe("int8", **{"calibration.data": calibration_dir}),
-                             **QUIET)
+    result = export_artifact(ctc_checkpoint, out, openvino_recipe("int8", **{"calibration.data": calibration_dir}))
     return out, result
 
 
@@ -90,14 +88,14 @@ def test_one_frame_input_does_not_corrupt_later_shapes(tmp_path):
         tmp_path / "seven-convs", "HubertForCTC", **dict(
             TINY_BASE, conv_dim=(32,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
             hidden_size=64, num_attention_heads=1, intermediate_size=64, num_hidden_layers=1))
-    result = export_artifact(checkpoint, tmp_path / "fp32", openvino_recipe("fp32"), **QUIET)
+    result = export_artifact(checkpoint, tmp_path / "fp32", openvino_recipe("fp32"))
     assert result.report.cases[0].shape == [1, 400]
     assert result.passed, result.report.failures
     assert result.report.worst()["max_abs_error"] < 1e-4
 
 
 def test_fp16_ir_halves_the_weights_and_passes(fp32_artifact, ctc_checkpoint, tmp_path):
-    result = export_artifact(ctc_checkpoint, tmp_path / "fp16", openvino_recipe("fp16"), **QUIET)
+    result = export_artifact(ctc_checkpoint, tmp_path / "fp16", openvino_recipe("fp16"))
     assert result.passed, result.report.failures
     assert (tmp_path / "fp16" / "model.bin").stat().st_size < 0.6 * (fp32_artifact / "model.bin").stat().st_size
     worst = result.report.worst()
@@ -106,7 +104,7 @@ def test_fp16_ir_halves_the_weights_and_passes(fp32_artifact, ctc_checkpoint, tm
 
 def test_feature_extraction_with_mask_and_hidden_states(large_checkpoint, tmp_path):
     recipe = openvino_recipe("fp32", **{"export.attention_mask": True, "export.output_hidden_states": True})
-    result = export_artifact(large_checkpoint, tmp_path / "features", recipe, **QUIET)
+    result = export_artifact(large_checkpoint, tmp_path / "features", recipe)
     assert result.passed, result.report.failures
     assert result.report.worst()["max_abs_error"] < 1e-4
     model = ov.Core().read_model(str(tmp_path / "features" / "model.xml"))
@@ -138,7 +136,7 @@ def test_int8_options_reach_nncf(ctc_checkpoint, calibration_dir, tmp_path):
     recipe = openvino_recipe("int8", **{
         "calibration.data": calibration_dir, "calibration.preset": "performance", "calibration.subset_size": 4,
         "calibration.smooth_quant_alpha": -1, "calibration.ignored_scopes": [r"feature_extractor/conv_layers\.[01]/"]})
-    result = export_artifact(ctc_checkpoint, tmp_path / "int8", recipe, **QUIET)
+    result = export_artifact(ctc_checkpoint, tmp_path / "int8", recipe)
     quantization = Artifact.open(tmp_path / "int8").manifest["backend"]["quantization"]
     assert quantization["calibration_samples"] == 4 and quantization["preset"] == "performance"
     assert sorted(quantization["float_layers"]) == [
@@ -149,14 +147,14 @@ def test_int8_options_reach_nncf(ctc_checkpoint, calibration_dir, tmp_path):
 def test_ignored_scope_matching_nothing_is_a_clear_error(ctc_checkpoint, calibration_dir, tmp_path):
     recipe = openvino_recipe("int8", **{"calibration.data": calibration_dir, "calibration.ignored_scopes": ["no_such"]})
     with pytest.raises(HubertExportError, match="'no_such' matches no layer"):
-        export_artifact(ctc_checkpoint, tmp_path / "out", recipe, **QUIET)
+        export_artifact(ctc_checkpoint, tmp_path / "out", recipe)
     assert not (tmp_path / "out").exists()
 
 
 def test_accuracy_control_keeps_the_requested_drop(ctc_checkpoint, calibration_dir, int8_artifact, tmp_path):
     max_drop = 0.01
     recipe = openvino_recipe("int8", **{"calibration.data": calibration_dir, "calibration.max_accuracy_drop": max_drop})
-    result = export_artifact(ctc_checkpoint, tmp_path / "ac", recipe, **QUIET)
+    result = export_artifact(ctc_checkpoint, tmp_path / "ac", recipe)
     assert result.passed, result.report.failures
     quantization = Artifact.open(tmp_path / "ac").manifest["backend"]["quantization"]
     control = quantization["accuracy_control"]
@@ -201,7 +199,7 @@ def test_calibration_dir_without_usable_audio_exits_2(ctc_checkpoint, tmp_path, 
 
 def test_static_shape_runner_rejects_other_shapes(ctc_checkpoint, tmp_path):
     recipe = openvino_recipe("fp32", **{"openvino.static_shape": {"batch": 1, "samples": 16_000}})
-    result = export_artifact(ctc_checkpoint, tmp_path / "static", recipe, **QUIET)
+    result = export_artifact(ctc_checkpoint, tmp_path / "static", recipe)
     assert result.passed, result.report.failures
     assert {tuple(c.shape) for c in result.report.cases} == {(1, 16_000)}
     artifact = Artifact.open(tmp_path / "static")
@@ -225,7 +223,7 @@ def test_damaged_ir_is_a_clear_error(fp32_artifact, tmp_path, damage):
     else:
         os.truncate(copy / name, (copy / name).stat().st_size // 2)
     with pytest.raises(HubertExportError, match="rebuild the artifact"):
-        get_backend("openvino").load(Artifact.open(copy))
+        get_backend("openvino").load(Artifact.open(copy)).activate()
 
 
 def test_runner_options_and_shape_range(fp32_artifact):

@@ -16,7 +16,7 @@ from hubert_export.backends import tensorrt as trt_backend
 from hubert_export.errors import HubertExportError
 from hubert_export.export import export_onnx
 from hubert_export.model import HubertForCTC, HubertModel
-from hubert_export.passes import PORTABLE_PASSES, fuse_gelu, run_passes
+from hubert_export.passes import PORTABLE_PASSES, optimize_for_onnxruntime, run_passes
 from hubert_export.precision import DEFAULT_POLICY
 from hubert_export.recipes import Shape, ShapeRange, Shapes, default_recipe, recipe_from_dict
 from hubert_export.tasks import get_task
@@ -83,7 +83,7 @@ def test_recipe_fp32_layers_are_the_patterns_used(exports):
 
 
 def test_onnx_runtime_fusions_are_refused(exports):
-    fused = fuse_gelu(exports["torchscript-base"])  # com.microsoft Gelu: what the ORT artifact carries
+    fused = optimize_for_onnxruntime(exports["torchscript-base"])  # com.microsoft ops, as ORT artifacts carry
     with pytest.raises(HubertExportError, match=r"com\.microsoft\.Gelu.*portable export") as error:
         trt_backend.prepare_for_tensorrt(fused)
     assert "\n" not in str(error.value)
@@ -219,7 +219,7 @@ def trt_engine_artifact(ctc_checkpoint, tmp_path_factory):
     recipe = default_recipe("tensorrt").with_overrides(**{
         "shapes.max.batch": 4, "shapes.max.samples": 64_000, "shapes.opt.samples": 16_000,
         "tensorrt.timing_cache": str(out.parent / "timing.cache"), "tensorrt.workspace_gb": 1})
-    result = export_artifact(ctc_checkpoint, out, recipe, progress=lambda _: None)
+    result = export_artifact(ctc_checkpoint, out, recipe)
     return result, recipe
 
 
@@ -239,7 +239,7 @@ def test_engine_runner_refuses_inputs_outside_the_profile(trt_engine_artifact):
     from hubert_export.artifact import Artifact
 
     result, _ = trt_engine_artifact
-    with trt_backend.load(Artifact.open(result.path)) as runner:
+    with trt_backend.TensorRtBackend().load(Artifact.open(result.path)) as runner:
         with pytest.raises(HubertExportError, match="outside this artifact's shape range"):
             runner.infer({"input_values": np.zeros((5, 16_000), dtype=np.float32)})
         out = runner.infer({"input_values": np.zeros((2, 16_000), dtype=np.float32)})
