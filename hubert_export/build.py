@@ -233,7 +233,8 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
         cases += data_cases(data_dir, fe, with_mask, max_samples=max_samples, options=corpus_options)
     static = backend.static_shape(recipe)
     if window is not None:  # built for one shape (LiteRT): every case run through it, as transcribe runs audio
-        cases = fit_cases(cases, window.samples)
+        cases = fit_cases(cases, window.samples, padded=with_mask)
+        cases.append(shape_case(fe, with_mask, window.batch, window.samples))
         static = None
     else:
         cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]

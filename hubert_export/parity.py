@@ -230,12 +230,21 @@ def fit_inputs(inputs: dict[str, np.ndarray], batch: int, samples: int) -> dict[
     return fitted
 
 
-def fit_cases(cases: list[ParityCase], samples: int) -> list[ParityCase]:
-    """Cases longer than a fixed-shape artifact's window cut to it; they lose their reference text
-    (which no longer matches the audio). Shorter cases are run through the window (`WindowRunner`)."""
+def fit_cases(cases: list[ParityCase], samples: int, padded: bool) -> list[ParityCase]:
+    """The cases a fixed-shape artifact of `samples`-sample windows is checked on.
+
+    Longer cases are cut to the window and lose their reference text (which no longer matches the
+    audio). Shorter ones run padded into the window (`WindowRunner`) when the model takes an
+    attention mask (`padded`): its real frames are then what the model gives unpadded. Without a
+    mask (HuBERT-base) padding changes every frame (attention, the GroupNorm over time), so shorter
+    cases are left out; `shape_case` adds one of exactly the window's shape.
+    """
     fitted = []
     for case in cases:
-        if case.inputs["input_values"].shape[1] <= samples:
+        length = case.inputs["input_values"].shape[1]
+        if length < samples and not padded:
+            continue
+        if length <= samples:
             fitted.append(case)
             continue
         cut = {name: array[:, :samples] for name, array in case.inputs.items()}

@@ -142,7 +142,9 @@ class WindowRunner(Runner):
     Rows run `batch` at a time, zero-padded into the window as the feature extractor pads a batch
     (attention_mask 0 there when the model takes one); each output is cut back to the frames of
     the input's length. With an attention mask the real frames are what the model gives unpadded;
-    without one (HuBERT-base) the padding is seen by attention, as in any padded batch.
+    without one (HuBERT-base) the padding is seen by attention and the GroupNorm, as in any padded
+    batch of such a model: only inputs of the window's length are then exact (transcribe makes
+    every chunk but a recording shorter than the window that long).
     """
 
     def __init__(self, runner: Runner, batch: int, samples: int, num_frames: Any,

@@ -145,7 +145,8 @@ class Transcriber:
             # Without overlap the frame straddling each seam would belong to no chunk: one frame is the least.
             least = -(-(self.config.receptive_field - self.stride) // align) * align
             overlap = max(round(overlap_seconds * rate / align) * align, least)
-            spans = chunk_spans(stream.num_samples, chunk, overlap)
+            spans = (chunk_spans(stream.num_samples, chunk, overlap) if self.window is None
+                     else window_spans(stream.num_samples, chunk, overlap, align))
             self._check_shapes(stream.path, spans, batch_size)
             log.info(f"transcribing {stream.path}: {stream.num_samples / rate:.1f} s in {len(spans)} chunk(s)")
             mean, scale = 0.0, 1.0
@@ -209,6 +210,21 @@ class Transcriber:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def window_spans(num_samples: int, chunk: int, overlap: int, align: int) -> list[tuple[int, int]]:
+    """Spans for a fixed-window artifact: every one `chunk` long except the last, which ends at the
+    end of the recording and starts as late as the `align` grid allows, so that padding (inexact for
+    models without an attention mask) is at most align - 1 samples, or a recording shorter than
+    the window. `chunk_spans` instead shortens the last span and may lengthen the one before it."""
+    if num_samples <= chunk:
+        return [(0, num_samples)]
+    spans, start = [], 0
+    while start + chunk < num_samples:
+        spans.append((start, start + chunk))
+        start += chunk - overlap
+    spans.append((-(-(num_samples - chunk) // align) * align, num_samples))
+    return spans
 
 
 def _check_options(chunk_seconds: float, overlap_seconds: float, batch_size: int) -> None:
