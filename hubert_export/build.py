@@ -138,7 +138,7 @@ def export_artifact(
             checked = pool.submit(check_onnx, serialized) if serialized is not None else None
         try:
             pass_names = backend.graph_passes(recipe)
-            if graph is None and backend.needs_onnx:
+            if backend.needs_onnx:
                 graph = ExportedGraph(work / EXPORT_NAME, exported, serialized)
                 if pass_names:
                     graph = ExportedGraph(work / EXPORT_NAME, run_passes(graph.model(), pass_names))

@@ -23,8 +23,8 @@ directory renamed into place once everything succeeded). It returns a `BackendBu
 manifest's `backend` section (its `files` names the model files) and the SHA-256 of files it
 hashed while writing them, and, for an artifact that accepts less than the recipe's shape range
 (a fixed shape, a fixed batch), the `shape_range` it was built for: the manifest records that one,
-and parity, bench and transcribe keep to it. `load` returns an inactive `hubert_export.runner.Runner`: `activate()`
-(or `with runner:`) loads or compiles it and records `load_seconds`; `infer` then runs it. The
+and parity, bench and transcribe keep to it. `load` returns an inactive
+`hubert_export.runner.Runner`: `activate()` (or `with runner:`) loads or compiles it and records `load_seconds`; `infer` then runs it. The
 parity harness and the benchmarks never know which back end produced an output.
 """
 

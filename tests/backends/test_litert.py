@@ -8,7 +8,6 @@ without it only the refusal test runs, and there it must.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ from .edge_common import SHIPPED_MODEL, SPEECH, assert_refused_without_extra, in
 HAS_LITERT = installed("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
 needs_litert = pytest.mark.skipif(not HAS_LITERT, reason="the [litert] extra is not installed here "
                                                         "(.ci/run tests it in its own virtual environment)")
-WINDOW = 48_000  # 3 s: small enough for fast builds, longer than every shipped utterance but shorter than the joined one
+WINDOW = 48_000  # 3 s: fast builds; longer than every shipped utterance, shorter than the joined one
 VARIANTS = {"fp32": ("fp32", "static"), "fp16": ("fp16", "static"), "int8-static": ("int8", "static"),
             "int8-dynamic": ("int8", "dynamic")}
 
