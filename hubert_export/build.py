@@ -32,11 +32,11 @@ from hubert_export.hub import resolve_model
 from hubert_export.model import HubertConfig
 from hubert_export.model.weights import load_checkpoint_state
 from hubert_export.golden import RecordingRunner, write_golden
-from hubert_export.parity import (ParityCase, ParityReport, builtin_cases, data_cases, run_parity, shape_case,
-                                  thresholds_for)
+from hubert_export.parity import (ParityCase, ParityReport, builtin_cases, data_cases, fit_cases, run_parity,
+                                  shape_case, thresholds_for)
 from hubert_export.recipes import Recipe, ShapeRange
-from hubert_export.runner import EagerRunner, Runner, median_latency
-from hubert_export.tasks import TaskSpec, family_of
+from hubert_export.runner import EagerRunner, Runner, WindowRunner, median_latency
+from hubert_export.tasks import TaskSpec, family_of, frame_axes
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL_DIR = DATA_DIR / "tiny-ctc"
@@ -136,21 +136,24 @@ def export_artifact(
 
         work = tmp / ".work"
         work.mkdir()
-        log.info(f"exporting {task.name} to ONNX")
-        exported, serialized = export_onnx_serialized(
-            model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
-            output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter,
-            check=False, parse=False)
-        # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
-        # the artifact is not finished until it has passed.
-        checked = pool.submit(check_onnx, serialized) if serialized is not None else None
+        graph = checked = None
+        if backend.needs_onnx:
+            log.info(f"exporting {task.name} to ONNX")
+            exported, serialized = export_onnx_serialized(
+                model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
+                output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter,
+                check=False, parse=False)
+            # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
+            # the artifact is not finished until it has passed.
+            checked = pool.submit(check_onnx, serialized) if serialized is not None else None
         try:
-            graph = ExportedGraph(work / EXPORT_NAME, exported, serialized)
             pass_names = backend.graph_passes(recipe)
-            if pass_names:
-                graph = ExportedGraph(work / EXPORT_NAME, run_passes(graph.model(), pass_names))
+            if backend.needs_onnx:
+                graph = ExportedGraph(work / EXPORT_NAME, exported, serialized)
+                if pass_names:
+                    graph = ExportedGraph(work / EXPORT_NAME, run_passes(graph.model(), pass_names))
             inputs = BuildInputs(tmp, work, recipe, config, fe, task, input_names, output_names, graph,
-                                 _calibration_loader(recipe, fe, input_names))
+                                 _calibration_loader(recipe, fe, input_names), model=model)
             log.info(f"building the {recipe.target} {recipe.precision} artifact")
             built = backend.build(inputs)
             backend_section = {**built.section, "graph_passes": pass_names}
@@ -165,7 +168,7 @@ def export_artifact(
                     "architecture": task.model_class.__name__},
             task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
             io=family.io_section(input_names, task, recipe.export.output_hidden_states, config),
-            shape_range=recipe.shapes.range.to_dict(),
+            shape_range=(built.shape_range or recipe.shapes.range).to_dict(),
             backend=backend_section,
         )
         # Written twice: the runner reads this one; the last one adds the reports' and golden outputs'
@@ -251,12 +254,21 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
             record_reference: bool = False) -> _Verification:
     from hubert_export.tokenizer import CTCTokenizer
 
-    shape_range = recipe.shapes.range
-    cases = builtin_cases(fe, with_mask, shape_range)
+    # What the artifact accepts: the recipe's range unless the back end built for less.
+    shape_range = artifact.shape_range() or recipe.shapes.range
+    window = shape_range.opt if shape_range.min == shape_range.max else None
+    max_samples = None if window else shape_range.max.samples
+    # A fixed-window artifact (LiteRT) is checked on the recipe's cases, each run through the window.
+    cases = builtin_cases(fe, with_mask, recipe.shapes.range if window else shape_range)
     if data_dir is not None:
-        cases += data_cases(data_dir, fe, with_mask, max_samples=shape_range.max.samples, options=corpus_options)
-    cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
+        cases += data_cases(data_dir, fe, with_mask, max_samples=max_samples, options=corpus_options)
     static = backend.static_shape(recipe)
+    if window is not None:  # built for one shape (LiteRT): every case run through it, as transcribe runs audio
+        cases = fit_cases(cases, window.samples, padded=with_mask)
+        cases.append(shape_case(fe, with_mask, window.batch, window.samples))
+        static = None
+    else:
+        cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
     if static is not None:  # compiled for this one shape: checked and timed at it
         shape_range = ShapeRange(static, static, static)
         cases = [c for c in cases if c.inputs["input_values"].shape == (static.batch, static.samples)]
@@ -268,7 +280,10 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
         reference = RecordingRunner(reference)
     thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit(), family_of(config).thresholds)
     log.info(f"parity check: {len(cases)} cases against the eager model")
-    with reference, backend.load(artifact) as candidate:
+    with reference, backend.load(artifact) as loaded:
+        candidate = loaded if window is None else WindowRunner(
+            loaded, window.batch, window.samples, config.num_frames,
+            frame_axes(task, recipe.export.output_hidden_states)).activate()
         report = run_parity(reference, candidate, cases, config=config, task=task.name, target=artifact.target,
                             precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer,
                             normalize=normalize)

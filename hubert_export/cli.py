@@ -1,6 +1,6 @@
 """The command line: parse, call one library function, print.
 
-    hubert-export --target onnx|openvino|tensorrt [--model DIR] [--output DIR] ...   build an artifact
+    hubert-export --target onnx|openvino|tensorrt|litert|executorch [--model DIR] [--output DIR] ...   build an artifact
     hubert-export check ARTIFACT_DIR [--data DIR] [--reference DIR] [--junit FILE]    the CI gate
     hubert-export check ARTIFACT_DIR --golden                                         the same, no torch
     hubert-export transcribe ARTIFACT_OR_CHECKPOINT AUDIO...                          speech to text
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a HuBERT checkpoint to a verified ONNX Runtime, OpenVINO or TensorRT artifact. "
                     "Other commands: check, transcribe, bench (hubert-export COMMAND --help).",
     )
-    parser.add_argument("--target", choices=["onnx", "openvino", "tensorrt"],
+    parser.add_argument("--target", choices=["onnx", "openvino", "tensorrt", "litert", "executorch"],
                         help="back end to build for (required unless --recipe names one)")
     parser.add_argument("--model", type=Path,
                         help="checkpoint directory (config.json + model.safetensors), or a model id (owner/name) in "
@@ -235,7 +235,7 @@ def _recipe_from_args(args: argparse.Namespace):
     if args.recipe is not None:
         recipe = load_recipe(args.recipe)
     elif args.target is None:
-        raise HubertExportError("no target: pass --target onnx|openvino|tensorrt or --recipe FILE")
+        raise HubertExportError("no target: pass --target onnx|openvino|tensorrt|litert|executorch or --recipe FILE")
     else:
         recipe = default_recipe(args.target, args.precision)
     overrides: dict[str, Any] = {

@@ -260,6 +260,45 @@ def shape_case(fe: FeatureExtractorConfig, with_attention_mask: bool, batch: int
                   with_attention_mask)
 
 
+def fit_inputs(inputs: dict[str, np.ndarray], batch: int, samples: int) -> dict[str, np.ndarray]:
+    """A prepared batch cut or zero-padded to exactly batch x samples, for fixed-shape artifacts.
+
+    Padding is what the feature extractor does for a batch (zeros, and attention_mask 0 where the
+    model takes one); missing rows repeat the given ones, surplus rows are dropped.
+    """
+    rows = np.resize(np.arange(inputs["input_values"].shape[0]), batch)
+    fitted = {}
+    for name, array in inputs.items():
+        out = np.zeros((batch, samples), dtype=array.dtype)
+        width = min(samples, array.shape[1])
+        out[:, :width] = array[rows, :width]
+        fitted[name] = out
+    return fitted
+
+
+def fit_cases(cases: list[ParityCase], samples: int, padded: bool) -> list[ParityCase]:
+    """The cases a fixed-shape artifact of `samples`-sample windows is checked on.
+
+    Longer cases are cut to the window and lose their reference text (which no longer matches the
+    audio). Shorter ones run padded into the window (`WindowRunner`) when the model takes an
+    attention mask (`padded`): its real frames are then what the model gives unpadded. Without a
+    mask (HuBERT-base) padding changes every frame (attention, the GroupNorm over time), so shorter
+    cases are left out; `shape_case` adds one of exactly the window's shape.
+    """
+    fitted = []
+    for case in cases:
+        length = case.inputs["input_values"].shape[1]
+        if length < samples and not padded:
+            continue
+        if length <= samples:
+            fitted.append(case)
+            continue
+        cut = {name: array[:, :samples] for name, array in case.inputs.items()}
+        lengths = [min(n, samples) for n in case.sample_lengths]
+        fitted.append(ParityCase(f"{case.name}-cut{samples}", cut, lengths, None))
+    return fitted
+
+
 def data_cases(directory: Path, fe: FeatureExtractorConfig, with_attention_mask: bool,
                max_samples: int | None = None, limit: int | None = None,
                options: CorpusOptions | None = None) -> list[ParityCase]:

@@ -45,7 +45,7 @@ from pydantic_core import PydanticCustomError
 from hubert_export.audio import MIN_SAMPLES
 from hubert_export.errors import HubertExportError
 
-TargetName = Literal["onnx", "openvino", "tensorrt"]
+TargetName = Literal["onnx", "openvino", "tensorrt", "litert", "executorch"]
 PrecisionName = Literal["fp32", "fp16", "int8"]
 TaskName = Literal["auto", "feature-extraction", "ctc", "sequence-classification"]
 TARGETS: tuple[str, ...] = get_args(TargetName)
@@ -57,8 +57,11 @@ PRECISIONS_BY_TARGET: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "int8", "fp16"),
     "openvino": ("fp32", "fp16", "int8"),
     "tensorrt": ("fp16", "fp32"),
+    "litert": ("fp32", "fp16", "int8"),
+    "executorch": ("fp32", "int8"),
 }
-DEFAULT_PRECISION: dict[str, str] = {"onnx": "fp32", "openvino": "fp32", "tensorrt": "fp16"}
+DEFAULT_PRECISION: dict[str, str] = {"onnx": "fp32", "openvino": "fp32", "tensorrt": "fp16", "litert": "fp32",
+                                     "executorch": "fp32"}
 
 # 18: the oldest opset torch's dynamo exporter writes; 21: the newest every back end here reads.
 OPSET_RANGE: tuple[int, int] = (18, 21)
@@ -359,6 +362,20 @@ class TensorRtOptions:
 
 @with_config(_FORBID_EXTRA)
 @dataclass(frozen=True)
+class LiteRtOptions:
+    # Built for shapes.opt only: LiteRT models are fixed-shape (see the LiteRT back end).
+    num_threads: Threads = 0  # 0: the interpreter's default
+
+
+@with_config(_FORBID_EXTRA)
+@dataclass(frozen=True)
+class ExecuTorchOptions:
+    # Batch fixed at shapes.opt.batch, audio length dynamic over shapes.min..max (see the back end).
+    num_threads: Threads = 0  # 0: XNNPACK's default thread pool
+
+
+@with_config(_FORBID_EXTRA)
+@dataclass(frozen=True)
 class VerificationOptions:
     # Store the parity cases' inputs and reference outputs in the artifact, so that
     # `check --golden` needs neither torch nor the checkpoint; "auto": unless they exceed
@@ -396,6 +413,8 @@ _SECTIONS: dict[str, type] = {
     "onnxruntime": OnnxRuntimeOptions,
     "openvino": OpenVinoOptions,
     "tensorrt": TensorRtOptions,
+    "litert": LiteRtOptions,
+    "executorch": ExecuTorchOptions,
     "verification": VerificationOptions,
     "thresholds": Thresholds,
 }
@@ -417,6 +436,8 @@ class Recipe:
     onnxruntime: OnnxRuntimeOptions = field(default_factory=OnnxRuntimeOptions)
     openvino: OpenVinoOptions = field(default_factory=OpenVinoOptions)
     tensorrt: TensorRtOptions = field(default_factory=TensorRtOptions)
+    litert: LiteRtOptions = field(default_factory=LiteRtOptions)
+    executorch: ExecuTorchOptions = field(default_factory=ExecuTorchOptions)
     verification: VerificationOptions = field(default_factory=VerificationOptions)
     thresholds: Thresholds = field(default_factory=Thresholds)
     # Where the recipe came from, for error messages; not part of the recipe's content.

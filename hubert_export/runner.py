@@ -174,3 +174,54 @@ def check_inputs(inputs: dict[str, np.ndarray], input_names: list[str], shape_ra
             f"(batch {low.batch}..{high.batch}, samples {low.samples}..{high.samples}): split the input or "
             "rebuild with a wider --max-shape"
         )
+
+
+class WindowRunner(Runner):
+    """A fixed-shape runner (LiteRT) seen as one that takes any batch of up to `samples` samples.
+
+    Rows run `batch` at a time, zero-padded into the window as the feature extractor pads a batch
+    (attention_mask 0 there when the model takes one); each output is cut back to the frames of
+    the input's length. With an attention mask the real frames are what the model gives unpadded;
+    without one (HuBERT-base) the padding is seen by attention and the GroupNorm, as in any padded
+    batch of such a model: only inputs of the window's length are then exact (transcribe makes
+    every chunk but a recording shorter than the window that long).
+    """
+
+    def __init__(self, runner: Runner, batch: int, samples: int, num_frames: Any,
+                 frame_axes: dict[str, int]) -> None:
+        self.runner = runner
+        self.batch, self.samples = batch, samples
+        self.num_frames = num_frames  # samples -> frames (HubertConfig.num_frames)
+        self.frame_axes = frame_axes  # output name -> its frames axis
+        self.name = runner.name
+        self.input_names = runner.input_names
+        self.output_names = runner.output_names
+
+    def _activate(self) -> None:
+        self.runner.activate()
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from hubert_export.errors import HubertExportError
+        from hubert_export.parity import fit_inputs
+
+        check_inputs(inputs, self.input_names, None)
+        rows, length = inputs["input_values"].shape
+        if length > self.samples:
+            raise HubertExportError(
+                f"input of {length} samples is longer than the {self.samples}-sample window this artifact was built "
+                "for: split it (transcribe does) or rebuild with a longer --opt-shape")
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
+        for start in range(0, rows, self.batch):
+            group = {name: inputs[name][start:start + self.batch] for name in self.input_names}
+            count = group["input_values"].shape[0]
+            outputs = self.runner.infer(fit_inputs(group, self.batch, self.samples))
+            for name in self.output_names:
+                out = outputs[name][:count]
+                axis = self.frame_axes.get(name)
+                if axis is not None:
+                    out = np.take(out, np.arange(self.num_frames(length)), axis=axis)
+                pieces[name].append(out)
+        return {name: np.concatenate(parts) for name, parts in pieces.items()}
+
+    def _deactivate(self) -> None:
+        self.runner.deactivate()

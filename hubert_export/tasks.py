@@ -202,6 +202,12 @@ def output_axes(task: TaskSpec, output_hidden_states: bool, family: ModelFamily 
     return {s.name: s.axes for s in family.outputs(task, output_hidden_states)}
 
 
+def frame_axes(task: TaskSpec, output_hidden_states: bool) -> dict[str, int]:
+    """Output name -> the axis that counts frames (absent for per-utterance outputs)."""
+    return {name: axis for name, axes in output_axes(task, output_hidden_states).items()
+            for axis, label in axes.items() if label == "frames"}
+
+
 class ExportModule(nn.Module):
     """The model as the exported graph sees it: arrays in, the task's outputs (a tuple) out."""
 

@@ -71,6 +71,7 @@ class Transcriber:
 
         self.source = resolve_model(source)
         self.shape_range = None
+        self.window = None  # the one shape (batch, samples) of a fixed-shape artifact
         if (self.source / MANIFEST_NAME).is_file():
             artifact = Artifact.open(self.source)
             artifact.verify_files()
@@ -83,6 +84,14 @@ class Transcriber:
 
             self.shape_range = artifact.shape_range()
             self.runner = get_backend(artifact.target).load(artifact).activate()
+            if self.shape_range is not None and self.shape_range.min == self.shape_range.max:
+                # Built for one shape (LiteRT): every chunk runs through that window, zero-padded.
+                from hubert_export.runner import WindowRunner
+                from hubert_export.tasks import frame_axes, get_task
+
+                self.window = self.shape_range.opt
+                self.runner = WindowRunner(self.runner, self.window.batch, self.window.samples,
+                                           self.config.num_frames, frame_axes(get_task("ctc"), False)).activate()
         elif (self.source / "config.json").is_file():
             from hubert_export.model import HubertForCTC
             from hubert_export.runner import EagerRunner
@@ -130,10 +139,14 @@ class Transcriber:
             # Chunk starts on the frame grid (so chunk frames are whole-file frames) and in the resampler's phase.
             align = math.lcm(self.stride, stream.up)
             chunk = round(chunk_seconds * rate / align) * align
+            if self.window is not None:  # no longer than the window, and a quarter of it overlapping at most
+                chunk = min(chunk, self.window.samples // align * align)
+                overlap_seconds = min(overlap_seconds, chunk / rate / 4)
             # Without overlap the frame straddling each seam would belong to no chunk: one frame is the least.
             least = -(-(self.config.receptive_field - self.stride) // align) * align
             overlap = max(round(overlap_seconds * rate / align) * align, least)
-            spans = chunk_spans(stream.num_samples, chunk, overlap)
+            spans = (chunk_spans(stream.num_samples, chunk, overlap) if self.window is None
+                     else window_spans(stream.num_samples, chunk, overlap, align))
             self._check_shapes(stream.path, spans, batch_size)
             log.info(f"transcribing {stream.path}: {stream.num_samples / rate:.1f} s in {len(spans)} chunk(s)")
             mean, scale = 0.0, 1.0
@@ -166,8 +179,8 @@ class Transcriber:
                                  ids, stream.largest_block)
 
     def _check_shapes(self, path: Path, spans: list[tuple[int, int]], batch_size: int) -> None:
-        if self.shape_range is None:
-            return
+        if self.shape_range is None or self.window is not None:
+            return  # a window takes any batch of chunks no longer than it, which these are by construction
         low, high = self.shape_range.min, self.shape_range.max
         longest, shortest = max(e - s for s, e in spans), min(e - s for s, e in spans)
         rate = self.fe.sampling_rate
@@ -197,6 +210,21 @@ class Transcriber:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def window_spans(num_samples: int, chunk: int, overlap: int, align: int) -> list[tuple[int, int]]:
+    """Spans for a fixed-window artifact: every one `chunk` long except the last, which ends at the
+    end of the recording and starts as late as the `align` grid allows, so that padding (inexact for
+    models without an attention mask) is at most align - 1 samples, or a recording shorter than
+    the window. `chunk_spans` instead shortens the last span and may lengthen the one before it."""
+    if num_samples <= chunk:
+        return [(0, num_samples)]
+    spans, start = [], 0
+    while start + chunk < num_samples:
+        spans.append((start, start + chunk))
+        start += chunk - overlap
+    spans.append((-(-(num_samples - chunk) // align) * align, num_samples))
+    return spans
 
 
 def _check_options(chunk_seconds: float, overlap_seconds: float, batch_size: int) -> None:

@@ -248,3 +248,17 @@ def test_refuses_what_cannot_be_transcribed(base_checkpoint, ctc_checkpoint, loc
         short = tmp_path / "short.wav"
         sf.write(short, np.zeros(399, np.float32), 16_000)
         transcribe(local_ctc, [clips[0], short])
+
+
+@pytest.mark.parametrize("num_samples", [400, 47_999, 48_000, 48_001, 100_000, 160_321, 1_000_003])
+def test_window_spans_fill_a_fixed_window_and_cover_the_recording(num_samples):
+    from hubert_export.transcribe import window_spans
+
+    chunk, overlap, align = 48_000, 11_840, 320
+    spans = window_spans(num_samples, chunk, overlap, align)
+    assert spans[0][0] == 0 and spans[-1][1] == num_samples
+    assert all(end - start == chunk for start, end in spans[:-1])
+    # The last span is as long as the window allows: padding is under one alignment step.
+    assert chunk - align < spans[-1][1] - spans[-1][0] <= chunk or num_samples < chunk
+    for (start, end), (next_start, _) in zip(spans, spans[1:]):
+        assert next_start % align == 0 and start < next_start and end - next_start >= overlap

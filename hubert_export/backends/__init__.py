@@ -12,6 +12,8 @@ The interface (everything generic code may call; nothing is probed with hasattr)
                                                           # before `build`: only those measured to help
         static_shape(recipe) -> Shape | None              # optional: the one shape an artifact is compiled
                                                           # for (parity and latency then run at it)
+        needs_onnx: bool = True                           # False: `build` converts the PyTorch model
+                                                          # itself (`inputs.model`), no ONNX export is made
         build(inputs: BuildInputs) -> BackendBuild        # write the artifact's model files
         load(artifact, *, threads=None, enforce_shape_range=True, **options) -> Runner
 
@@ -19,8 +21,10 @@ The interface (everything generic code may call; nothing is probed with hasattr)
 `ExportedGraph`, calibration audio on demand) and writes only inside `inputs.out_dir` (a temporary
 directory renamed into place once everything succeeded). It returns a `BackendBuild`: the
 manifest's `backend` section (its `files` names the model files) and the SHA-256 of files it
-hashed while writing them. `load` returns an inactive `hubert_export.runner.Runner`: `activate()`
-(or `with runner:`) loads or compiles it and records `load_seconds`; `infer` then runs it. The
+hashed while writing them, and, for an artifact that accepts less than the recipe's shape range
+(a fixed shape, a fixed batch), the `shape_range` it was built for: the manifest records that one,
+and parity, bench and transcribe keep to it. `load` returns an inactive
+`hubert_export.runner.Runner`: `activate()` (or `with runner:`) loads or compiles it and records `load_seconds`; `infer` then runs it. The
 parity harness and the benchmarks never know which back end produced an output.
 """
 
@@ -40,7 +44,7 @@ import onnx
 from hubert_export.audio import FeatureExtractorConfig
 from hubert_export.errors import HubertExportError
 from hubert_export.model.config import HubertConfig
-from hubert_export.recipes import Recipe, Shape
+from hubert_export.recipes import Recipe, Shape, ShapeRange
 
 if TYPE_CHECKING:  # torch-free at run time: `check --golden` loads back ends on machines without torch
     from hubert_export.artifact import Artifact
@@ -52,6 +56,8 @@ BACKENDS: dict[str, str] = {
     "onnx": "hubert_export.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "hubert_export.backends.openvino:OpenVinoBackend",
     "tensorrt": "hubert_export.backends.tensorrt:TensorRtBackend",
+    "litert": "hubert_export.backends.litert:LiteRtBackend",
+    "executorch": "hubert_export.backends.executorch:ExecuTorchBackend",
 }
 
 
@@ -112,9 +118,11 @@ class BuildInputs:
     task: TaskSpec
     input_names: list[str]
     output_names: list[str]
-    graph: ExportedGraph
+    graph: ExportedGraph | None  # None for back ends that convert the PyTorch model (needs_onnx False)
     # Calibration inputs for INT8 (batch-1 input dicts), read on demand: FP32 builds never touch audio.
     calibration_inputs: Callable[[], list[dict[str, np.ndarray]]]
+    # The eager model (eval mode), for back ends that convert it themselves (LiteRT, ExecuTorch).
+    model: Any = None
 
 
 @dataclass
@@ -123,12 +131,14 @@ class BackendBuild:
 
     section: dict[str, Any]  # the manifest's `backend` section; `files` names the model files
     file_sha256: dict[str, str] = field(default_factory=dict)  # name relative to out_dir -> sha256
+    shape_range: ShapeRange | None = None  # what the artifact accepts, when narrower than the recipe's
 
 
 class Backend:
     """Base class of every back end; see the module docstring for the contract."""
 
     target: str = ""
+    needs_onnx: bool = True
 
     def check_available(self, recipe: Recipe) -> None:
         """Refuse, before any work, a build this machine cannot do. Default: every machine can."""

@@ -1,0 +1,103 @@
+"""The LiteRT back end, for real: litert-torch conversion, ai-edge-quantizer, LiteRT's interpreter.
+
+Needs the [litert] extra, which lives in a virtual environment of its own (its converter pins
+typing-extensions below the core's pydantic): .ci/run runs this file there. In an environment
+without it only the refusal test runs, and there it must.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from hubert_export.artifact import Artifact
+from hubert_export.backends import get_backend
+from hubert_export.build import export_artifact
+from hubert_export.errors import HubertExportError
+from hubert_export.parity import DEFAULT_THRESHOLDS
+from hubert_export.recipes import recipe_from_dict
+
+from .edge_common import SHIPPED_MODEL, SPEECH, assert_refused_without_extra, installed, speech_set, transcript_cer
+
+HAS_LITERT = installed("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
+needs_litert = pytest.mark.skipif(not HAS_LITERT, reason="the [litert] extra is not installed here "
+                                                        "(.ci/run tests it in its own virtual environment)")
+WINDOW = 48_000  # 3 s: fast builds; longer than every shipped utterance, shorter than the joined one
+VARIANTS = {"fp32": ("fp32", "static"), "fp16": ("fp16", "static"), "int8-static": ("int8", "static"),
+            "int8-dynamic": ("int8", "dynamic")}
+
+
+def litert_recipe(precision: str, method: str = "static", samples: int = WINDOW):
+    return recipe_from_dict({"target": "litert", "precision": precision, "calibration": {"method": method},
+                             "shapes": {"min": {"batch": 1, "samples": samples},
+                                        "opt": {"batch": 1, "samples": samples},
+                                        "max": {"batch": 1, "samples": samples}}})
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """variant -> (artifact directory, its parity report), each built on first use."""
+    root = tmp_path_factory.mktemp("litert")
+
+    @functools.cache
+    def build(variant: str):
+        precision, method = VARIANTS[variant]
+        result = export_artifact(SHIPPED_MODEL, root / variant, litert_recipe(precision, method), data_dir=SPEECH,
+                                 latency_repeats=0)
+        return result.path, result.report
+    return build
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    files, texts = speech_set(tmp_path_factory.mktemp("speech"))
+    return files, texts, transcript_cer(SHIPPED_MODEL, files, texts)
+
+
+@needs_litert
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_shipped_model_passes_its_gate_and_transcribes_like_eager(variant, shipped, speech):
+    path, report = shipped(variant)
+    assert report.passed, report.failures
+    assert any(c.transcripts for c in report.cases)  # the speech was gated, not only synthetic input
+    manifest = Artifact.open(path).manifest
+    assert manifest["shape_range"]["min"] == manifest["shape_range"]["max"] == {"batch": 1, "samples": WINDOW}
+    files, texts, eager_cer = speech
+    cer = transcript_cer(path, files, texts)
+    precision = VARIANTS[variant][0]
+    assert cer <= eager_cer + DEFAULT_THRESHOLDS[precision]["max_cer"], (cer, eager_cer)
+
+
+@needs_litert
+@pytest.mark.slow
+def test_quantisation_shrinks_the_file(shipped):
+    sizes = {v: (shipped(v)[0] / "model.tflite").stat().st_size for v in ("fp32", "fp16", "int8-static")}
+    assert sizes["int8-static"] < sizes["fp16"] < sizes["fp32"]
+
+
+@needs_litert
+def test_random_base_layout_model_passes_the_fp32_gate(ctc_checkpoint, tmp_path):
+    # Base layout: group-norm feature encoder, post-LN transformer, weight-normed positional conv
+    # with an even kernel (one frame trimmed), no attention mask.
+    result = export_artifact(ctc_checkpoint, tmp_path / "base", litert_recipe("fp32", samples=16_000),
+                             latency_repeats=0)
+    assert result.passed, result.report.failures
+    assert max(c.metrics["max_abs_error"] for c in result.report.cases) < 1e-4
+
+
+@needs_litert
+def test_other_shapes_are_refused_naming_the_built_one(shipped):
+    path, _ = shipped("fp32")
+    with get_backend("litert").load(Artifact.open(path)) as runner:
+        inputs = {"input_values": np.zeros((1, 16_000), np.float32), "attention_mask": np.ones((1, 16_000), np.int64)}
+        with pytest.raises(HubertExportError, match=f"batch 1 x {WINDOW} samples") as error:
+            runner.infer(inputs)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(HAS_LITERT, reason="the [litert] extra is installed: the refusal cannot happen here")
+def test_target_refuses_without_the_extra(tmp_path, capsys):
+    assert_refused_without_extra("litert", "litert", tmp_path, capsys)
