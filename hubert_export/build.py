@@ -163,6 +163,7 @@ def export_artifact(
                                          data_dir=Path(data_dir) if data_dir else None,
                                          latency_repeats=latency_repeats, corpus_options=corpus_options,
                                          normalize=normalize)
+        report.failures.extend(f"build: {failure}" for failure in built.failures)
         report.write(tmp)
         artifact.update_manifest("parity", _parity_summary(report, latency, shape))
     final = Path(output)

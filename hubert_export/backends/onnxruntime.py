@@ -21,6 +21,7 @@ import onnxruntime as ort
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
+from hubert_export.quantization import FLOAT_GROUP_REASONS, group_patterns, matching
 from hubert_export.passes import ONNXRUNTIME_OFFLINE_PASSES, PORTABLE_PASSES
 from hubert_export.recipes import Recipe
 from hubert_export.runner import Runner, check_inputs
@@ -62,7 +63,11 @@ class OnnxRuntimeBackend(Backend):
             if method == "dynamic":
                 _quantize_dynamic(inputs.graph.file(), target)
             else:
-                section["calibration_samples"] = _quantize_static(inputs, target)
+                section["calibration_samples"], float_nodes = _quantize_static(inputs, target)
+                groups = inputs.recipe.calibration.float_groups
+                section["float_groups"] = {g: FLOAT_GROUP_REASONS.get(g, "recipe") for g in groups}
+                section["float_layers"] = float_nodes
+                log.info(f"INT8: {len(float_nodes)} Conv/MatMul nodes left in float ({', '.join(groups) or 'no group'})")
             section["quantization"] = method
         elif precision == "fp16":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -98,7 +103,8 @@ def _quantize_dynamic(source: Path, target: Path) -> None:
                      extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_static(inputs: BuildInputs, target: Path) -> int:
+def _quantize_static(inputs: BuildInputs, target: Path) -> tuple[int, list[str]]:
+    """Static QDQ INT8; returns the calibration count and the Conv/MatMul nodes left in float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -115,14 +121,17 @@ def _quantize_static(inputs: BuildInputs, target: Path) -> int:
     with tempfile.TemporaryDirectory(dir=inputs.work_dir) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(inputs.graph.file()), str(prepared), skip_symbolic_shape=True)
+        weighted = [n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node
+                    if n.op_type in ("Conv", "MatMul")]
+        float_nodes = matching(weighted, group_patterns(inputs.recipe.calibration.float_groups))
         quantize_static(
             str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
             op_types_to_quantize=["MatMul", "Conv"],
-            nodes_to_exclude=list(inputs.recipe.calibration.ignored_scopes),
+            nodes_to_exclude=float_nodes + list(inputs.recipe.calibration.ignored_scopes),
             extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True},
         )
-    return len(batches)
+    return len(batches), float_nodes
 
 
 class OnnxRuntimeRunner(Runner):
