@@ -180,6 +180,7 @@ def export_artifact(
                            data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
                            corpus_options=corpus_options, normalize=normalize, record_reference=True)
         report = verified.report
+        report.failures.extend(f"build: {failure}" for failure in built.failures)
         report.write(tmp)
         manifest["golden"] = write_golden(tmp, verified.cases, verified.reference, verified.thresholds, recipe)
         manifest["parity"] = _parity_summary(report)

@@ -44,6 +44,7 @@ from pydantic_core import PydanticCustomError
 
 from hubert_export.audio import MIN_SAMPLES
 from hubert_export.errors import HubertExportError
+from hubert_export.quantization import DEFAULT_FLOAT_GROUPS, LAYER_GROUPS
 
 TargetName = Literal["onnx", "openvino", "tensorrt", "litert", "executorch"]
 PrecisionName = Literal["fp32", "fp16", "int8"]
@@ -176,6 +177,10 @@ def _choice(literal: Any) -> Any:
 
 
 Target = _choice(TargetName)
+LayerGroupName = Literal[tuple(LAYER_GROUPS)]  # type: ignore[valid-type]
+LayerGroups = Annotated[tuple[_choice(LayerGroupName), ...],
+                        Field(description="layer groups (hubert_export/quantization.py) kept in float by INT8"),
+                        BeforeValidator(lambda v: () if v is None else v)]
 Precision = _choice(PrecisionName)
 Task = _choice(TaskName)
 
@@ -323,6 +328,10 @@ class CalibrationOptions:
     preset: _choice(Literal["performance", "mixed"]) = "mixed"
     smooth_quant_alpha: Alpha | None = None  # None: NNCF's default; -1 disables SmoothQuant
     ignored_scopes: Patterns = ()
+    # Layer groups left in float (their activations and weights), besides ignored_scopes: by
+    # default the feature-encoder convolutions, measured as where INT8's error comes from (see
+    # hubert_export/quantization.py). [] quantises every Conv and MatMul: fastest, least accurate.
+    float_groups: LayerGroups = DEFAULT_FLOAT_GROUPS
     fast_bias_correction: StrictBool = True
     max_accuracy_drop: Fraction | None = None  # set: NNCF accuracy-controlled quantisation
 

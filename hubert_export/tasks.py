@@ -36,10 +36,15 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
              "max_cer": 0.01, "max_wer": 0.02},
     "fp16": {"relative_l2_error": 0.02, "min_cosine_similarity": 0.995, "min_argmax_agreement": 0.97,
              "max_token_edit_rate": 0.05, "min_top1_agreement": 0.98, "max_cer": 0.05, "max_wer": 0.1},
-    # INT8 gates on what users see (frame argmax, decoded tokens, CER); the worst single frame's
-    # cosine only catches a broken graph: static QDQ on a padded batch measured 0.80 on one frame
-    # while 94% of frame argmaxes agreed.
-    "int8": {"min_cosine_similarity": 0.70, "min_argmax_agreement": 0.85, "max_token_edit_rate": 0.15,
+    # INT8 gates on what users see (frame argmax, decoded tokens, CER), set between a good and a
+    # broken INT8 graph as measured on random-init hubert-base (the worst case of the five built-in
+    # cases; a random model's near-flat logits flip argmaxes far more easily than a trained one's):
+    #   good, feature encoder in float (OpenVINO): argmax agreement 0.865, token edit rate 0.196,
+    #     min cosine 0.962;
+    #   broken, every conv INT8 (OpenVINO): agreement 0.33 (b1-1234) / 0.70 (padded), min cosine 0.84;
+    #   broken, ONNX Runtime static QDQ attention on 1-3 frame inputs: agreement 0, cosine 0.43.
+    # The worst single frame's cosine only catches a broken graph.
+    "int8": {"min_cosine_similarity": 0.70, "min_argmax_agreement": 0.80, "max_token_edit_rate": 0.25,
              "min_top1_agreement": 0.9, "max_cer": 0.10, "max_wer": 0.25},
 }
 

@@ -132,6 +132,9 @@ class BackendBuild:
     section: dict[str, Any]  # the manifest's `backend` section; `files` names the model files
     file_sha256: dict[str, str] = field(default_factory=dict)  # name relative to out_dir -> sha256
     shape_range: ShapeRange | None = None  # what the artifact accepts, when narrower than the recipe's
+    # Goals the build set itself and missed (an accuracy-control drop it could not reach): the
+    # artifact is complete, and the build fails with these next to any parity failures.
+    failures: list[str] = field(default_factory=list)
 
 
 class Backend:

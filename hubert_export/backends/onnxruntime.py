@@ -23,6 +23,7 @@ import onnxruntime as ort
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
+from hubert_export.quantization import FLOAT_GROUP_REASONS, group_patterns, matching
 from hubert_export.passes import ONNXRUNTIME_OFFLINE_PASSES, PORTABLE_PASSES
 from hubert_export.recipes import Recipe
 from hubert_export.runner import Runner, check_inputs
@@ -66,7 +67,11 @@ class OnnxRuntimeBackend(Backend):
                 excluded = resolve_ignored_nodes(inputs.graph.model(), patterns)
                 _quantize_dynamic(inputs.graph.file(), target, excluded)
             else:
-                section["calibration_samples"], excluded = _quantize_static(inputs, target)
+                section["calibration_samples"], excluded, float_nodes = _quantize_static(inputs, target)
+                groups = inputs.recipe.calibration.float_groups
+                section["float_groups"] = {g: FLOAT_GROUP_REASONS.get(g, "recipe") for g in groups}
+                section["float_layers"] = float_nodes
+                log.info(f"INT8: {len(float_nodes)} Conv/MatMul nodes left in float ({', '.join(groups) or 'no group'})")
             section["quantization"] = method
             section["excluded_nodes"] = excluded
         elif precision == "fp16":
@@ -122,7 +127,9 @@ def _quantize_dynamic(source: Path, target: Path, excluded: list[str]) -> None:
                      nodes_to_exclude=excluded, extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_static(inputs: BuildInputs, target: Path) -> tuple[int, list[str]]:
+def _quantize_static(inputs: BuildInputs, target: Path) -> tuple[int, list[str], list[str]]:
+    """Static QDQ INT8; returns the calibration count, the nodes the recipe's ignored_scopes exclude
+    and the Conv/MatMul nodes its float_groups keep in float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -140,16 +147,18 @@ def _quantize_static(inputs: BuildInputs, target: Path) -> tuple[int, list[str]]
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(inputs.graph.file()), str(prepared), skip_symbolic_shape=True)
         # Resolved on the graph the quantiser reads: pre-processing may merge or rename nodes.
-        excluded = resolve_ignored_nodes(onnx.load(str(prepared), load_external_data=False),
-                                         inputs.recipe.calibration.ignored_scopes)
+        prepared_model = onnx.load(str(prepared), load_external_data=False)
+        excluded = resolve_ignored_nodes(prepared_model, inputs.recipe.calibration.ignored_scopes)
+        weighted = [n.name for n in prepared_model.graph.node if n.op_type in ("Conv", "MatMul")]
+        float_nodes = matching(weighted, group_patterns(inputs.recipe.calibration.float_groups))
         quantize_static(
             str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
             op_types_to_quantize=["MatMul", "Conv"],
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=float_nodes + [n for n in excluded if n not in float_nodes],
             extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True},
         )
-    return len(batches), excluded
+    return len(batches), excluded, float_nodes
 
 
 class OnnxRuntimeRunner(Runner):

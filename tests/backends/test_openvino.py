@@ -7,6 +7,7 @@ the tests below compare against transformers' implementation and against the FP3
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_a
 from hubert_export.backends import get_backend
 from hubert_export.build import export_artifact
 from hubert_export.errors import HubertExportError
+from hubert_export.quantization import REVERT_ORDER
 from hubert_export.recipes import default_recipe
 
 from ..conftest import TINY_BASE, save_reference_checkpoint
@@ -46,7 +48,9 @@ def fp32_artifact(ctc_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def int8_artifact(ctc_checkpoint, calibration_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ov") / "int8"
-    result = export_artifact(ctc_checkpoint, out, openvino_recipe("int8", **{"calibration.data": calibration_dir}))
+    # float_groups []: every Conv and MatMul in INT8, the feature encoder included (not the default).
+    result = export_artifact(ctc_checkpoint, out, openvino_recipe(
+        "int8", **{"calibration.data": calibration_dir, "calibration.float_groups": []}))
     return out, result
 
 
@@ -132,10 +136,24 @@ def test_int8_quantises_every_conv_and_matmul(int8_artifact):
     assert set(precisions.values()) <= {"u8", "i8"}, precisions
 
 
+def test_int8_default_keeps_the_feature_encoder_in_float(ctc_checkpoint, calibration_dir, tmp_path):
+    result = export_artifact(ctc_checkpoint, tmp_path / "int8", openvino_recipe("int8", **{"calibration.data": calibration_dir}))
+    assert result.passed, result.report.failures
+    quantization = Artifact.open(tmp_path / "int8").manifest["backend"]["quantization"]
+    floats = quantization["float_layers"]
+    assert [n for n in floats if "feature_extractor" in n] == [
+        f"/model/hubert/feature_extractor/conv_layers.{i}/conv/Conv" for i in range(3)]
+    # and the query-key and softmax-value products of both layers; nothing else
+    assert len(floats) == 3 + 4 and all("feature_extractor" in n or "/attention/MatMul" in n for n in floats)
+    assert quantization["quantized_layers"] == TINY_WEIGHTED_LAYERS - 7
+    assert "feature-encoder" in quantization["float_groups"]["feature_encoder"]  # the reason is recorded
+
+
 def test_int8_options_reach_nncf(ctc_checkpoint, calibration_dir, tmp_path):
     recipe = openvino_recipe("int8", **{
         "calibration.data": calibration_dir, "calibration.preset": "performance", "calibration.subset_size": 4,
-        "calibration.smooth_quant_alpha": -1, "calibration.ignored_scopes": [r"feature_extractor/conv_layers\.[01]/"]})
+        "calibration.smooth_quant_alpha": -1, "calibration.ignored_scopes": [r"feature_extractor/conv_layers\.[01]/"],
+        "calibration.float_groups": []})
     result = export_artifact(ctc_checkpoint, tmp_path / "int8", recipe)
     quantization = Artifact.open(tmp_path / "int8").manifest["backend"]["quantization"]
     assert quantization["calibration_samples"] == 4 and quantization["preset"] == "performance"
@@ -153,13 +171,30 @@ def test_ignored_scope_matching_nothing_is_a_clear_error(ctc_checkpoint, calibra
 
 def test_accuracy_control_keeps_the_requested_drop(ctc_checkpoint, calibration_dir, int8_artifact, tmp_path):
     max_drop = 0.01
-    recipe = openvino_recipe("int8", **{"calibration.data": calibration_dir, "calibration.max_accuracy_drop": max_drop})
-    result = export_artifact(ctc_checkpoint, tmp_path / "ac", recipe)
+    recipe = openvino_recipe("int8", **{"calibration.data": calibration_dir, "calibration.max_accuracy_drop": max_drop,
+                                         "calibration.float_groups": []})
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("hubert_export")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        result = export_artifact(ctc_checkpoint, tmp_path / "ac", recipe)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert result.passed, result.report.failures
     quantization = Artifact.open(tmp_path / "ac").manifest["backend"]["quantization"]
     control = quantization["accuracy_control"]
-    assert control["metric"] == "frame_argmax_agreement" and control["drop"] <= max_drop
-    assert quantization["smooth_quant_alpha"] == -1
+    assert control["metric"] == "frame_argmax_agreement" and control["drop"] <= max_drop and control["reached"]
+    # One progress line per revert, with the metric after it; the ranking is the fixed REVERT_ORDER.
+    reverts = [line for line in lines if "accuracy control: revert" in line]
+    assert len(reverts) == len(control["steps"]) - 1 >= 1
+    assert all("frame_argmax_agreement" in line for line in reverts)
+    present = [g for g in REVERT_ORDER if g not in ("conv3", "conv4", "conv5", "conv6")]  # a 3-conv encoder
+    assert [s["float_groups"][-1] for s in control["steps"][1:]] == present[:len(reverts)]
+    assert set(quantization["float_groups"]) == set(control["float_groups"])
     assert 0 < quantization["quantized_layers"] and quantization["quantized_layers"] + len(
         quantization["float_layers"]) == TINY_WEIGHTED_LAYERS
     # Independently: frame argmax agreement with transformers on the calibration audio, next to
@@ -176,7 +211,7 @@ def test_accuracy_control_keeps_the_requested_drop(ctc_checkpoint, calibration_d
                 total += ref.size
         agreement[name] = agree / total
     assert agreement["controlled"] >= 1 - max_drop - 0.005  # 0.005: eager vs OpenVINO FP32 rounding
-    # The control had work to do: plain INT8 misses the bound, and NNCF reverted layers to float.
+    # The control had work to do: plain INT8 misses the bound, and layers were reverted to float.
     assert agreement["plain"] < 1 - max_drop and quantization["float_layers"]
 
 

@@ -1,0 +1,74 @@
+"""INT8 policy: layer groups over real export names, the default float groups, and (slow) the default
+INT8 artifacts of a random-init hubert-base passing their gate while an every-conv INT8 graph fails it."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from hubert_export.artifact import Artifact
+from hubert_export.build import export_artifact
+from hubert_export.quantization import (
+    DEFAULT_FLOAT_GROUPS, FLOAT_GROUP_REASONS, LAYER_GROUPS, REVERT_ORDER, covered_by, group_patterns, matching,
+)
+from hubert_export.recipes import default_recipe
+
+from .conftest import save_reference_checkpoint
+
+
+def weighted_nodes(artifact_dir) -> list[str]:
+    model = onnx.load(str(artifact_dir / "model.onnx"))
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul")]
+
+
+def test_groups_partition_the_weighted_layers_of_an_export(onnx_artifact):
+    names = weighted_nodes(onnx_artifact)  # the tiny CTC checkpoint: 3 convs, 2 layers, a head
+    per_group = {g: matching(names, group_patterns([g])) for g in LAYER_GROUPS}
+    assert [len(per_group[f"conv{i}"]) for i in range(7)] == [1, 1, 1, 0, 0, 0, 0]
+    assert len(per_group["attention_scores"]) == 2 * 2  # two products in each of the two layers
+    assert sorted(per_group["feature_encoder"]) == sorted(per_group["conv0"] + per_group["conv1"] + per_group["conv2"])
+    for group in ("feature_projection", "pos_conv", "attention", "attention_scores", "feed_forward", "head"):
+        assert per_group[group], group
+    # Every Conv/MatMul belongs to exactly one of the fine groups, so reverting them all is FP32.
+    fine = [g for g in LAYER_GROUPS if g != "feature_encoder"]
+    assert sorted(n for g in fine for n in per_group[g]) == sorted(names)
+
+
+def test_revert_order_ranks_every_fine_group_once():
+    assert sorted(REVERT_ORDER) == sorted(g for g in LAYER_GROUPS if g != "feature_encoder")
+    assert covered_by("conv3", ["feature_encoder"]) and not covered_by("attention", ["feature_encoder"])
+    assert set(DEFAULT_FLOAT_GROUPS) <= set(FLOAT_GROUP_REASONS)  # every default says why
+
+
+def test_unknown_float_group_is_a_clear_recipe_error():
+    from hubert_export.errors import HubertExportError
+
+    with pytest.raises(HubertExportError, match=r"calibration\.float_groups.*did you mean 'conv6'"):
+        default_recipe("openvino", "int8").with_overrides(**{"calibration.float_groups": ["conv9"]})
+
+
+# ------------------------------------------------------------------------------- real geometry
+@pytest.fixture(scope="module")
+def random_hubert_base(tmp_path_factory):
+    """hubert-base geometry (512-channel group-norm encoder, 12 post-LN layers), random weights."""
+    return save_reference_checkpoint(tmp_path_factory.mktemp("hubert-base"), "HubertForCTC", vocab_size=32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["openvino", "onnx"])
+def test_default_int8_of_random_hubert_base_passes_its_gate(random_hubert_base, tmp_path, target):
+    result = export_artifact(random_hubert_base, tmp_path / target, default_recipe(target, "int8"),
+                             latency_repeats=0)
+    assert result.passed, result.report.failures
+    backend = Artifact.open(tmp_path / target).manifest["backend"]
+    float_groups = (backend["quantization"] if target == "openvino" else backend)["float_groups"]
+    assert set(float_groups) == set(DEFAULT_FLOAT_GROUPS)
+
+
+@pytest.mark.slow
+def test_every_conv_int8_of_random_hubert_base_fails_the_gate(random_hubert_base, tmp_path):
+    # The broken graph the thresholds exist to catch (frame argmax agreement 0.33 on b1-1234).
+    recipe = default_recipe("openvino", "int8").with_overrides(**{"calibration.float_groups": []})
+    result = export_artifact(random_hubert_base, tmp_path / "all-int8", recipe, latency_repeats=0)
+    assert not result.passed
+    assert any("argmax_agreement" in f for f in result.report.failures)
