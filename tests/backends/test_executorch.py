@@ -15,7 +15,7 @@ from hubert_export.artifact import Artifact
 from hubert_export.backends import get_backend
 from hubert_export.build import export_artifact
 from hubert_export.errors import HubertExportError
-from hubert_export.parity import DEFAULT_THRESHOLDS
+from hubert_export.tasks import DEFAULT_THRESHOLDS
 from hubert_export.recipes import recipe_from_dict
 
 from .edge_common import SHIPPED_MODEL, SPEECH, assert_refused_without_extra, installed, speech_set, transcript_cer
