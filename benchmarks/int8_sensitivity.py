@@ -36,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
-from hubert_export.quantization import LAYER_GROUPS  # noqa: E402
+from hubert_export.quantization import LAYER_GROUPS, group_patterns, matching  # noqa: E402
 
 # The package's layer groups (regular expressions over ONNX node / OpenVINO layer names), less the
 # union group: each row quantises one fine group.
@@ -58,10 +58,6 @@ def groups_for(config: str) -> list[str]:
     if config in GROUPS:
         return [config]
     raise SystemExit(f"unknown configuration {config!r}: use fp32, all, all-but-convA[-B] or one of {', '.join(GROUPS)}")
-
-
-def in_groups(name: str, groups: list[str]) -> bool:
-    return any(re.search(GROUPS[g], name) for g in groups)
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -108,12 +104,14 @@ def openvino_models(onnx_path: Path, calibration: list[dict[str, np.ndarray]], t
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads),
               "CPU_RUNTIME_CACHE_CAPACITY": "0"}
 
+    names_of_ops = [op.get_friendly_name() for op in fp32.get_ordered_ops()]
+
     def build(groups: list[str]) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         model = fp32
         if groups:
             # Everything outside the groups is ignored by name, so nothing else gets a FakeQuantize.
-            ignored = [op.get_friendly_name() for op in fp32.get_ordered_ops()
-                       if not in_groups(op.get_friendly_name(), groups)]
+            quantized = set(matching(names_of_ops, group_patterns(groups)))
+            ignored = [n for n in names_of_ops if n not in quantized]
             model = nncf.quantize(fp32, nncf.Dataset(calibration, lambda x: {n: x[n] for n in names}),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
                                   ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
@@ -159,7 +157,7 @@ def onnxruntime_models(onnx_path: Path, calibration: list[dict[str, np.ndarray]]
         quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         op_types_to_quantize=["MatMul", "Conv"],
-                        nodes_to_quantize=[n for n in nodes if in_groups(n, groups)],
+                        nodes_to_quantize=matching(nodes, group_patterns(groups)),
                         extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True})
         return session(target)
 
