@@ -15,12 +15,14 @@ AdamW whose learning rate ramps back to the schedule over --rewarm steps). The b
 weights are written as FP16 safetensors (which load as FP32) with TRAINING.md.
 
     nice -n 19 python scripts/train_reference_ctc.py --max-minutes 150     # one sitting
+    python scripts/train_reference_ctc.py --device cuda --data-workers 6     # where a GPU is lent
     python scripts/train_reference_ctc.py --evaluate-only                    # numbers for TRAINING.md
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import uniform_filter1d
 from scipy.signal import fftconvolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -113,11 +116,11 @@ def model_config(vocab_size: int) -> HubertConfig:
 
 
 # ------------------------------------------------------------------------------------------ data
-def make_set(rng: random.Random, sentences: list[str], cache: Path) -> list[tuple[str, np.ndarray]]:
-    """Synthesise sentences (two espeak-ng processes at once); voices drawn in order, so reproducible."""
+def make_set(rng: random.Random, sentences: list[str], cache: Path, workers: int) -> list[tuple[str, np.ndarray]]:
+    """Synthesise sentences (`workers` espeak-ng processes at once); voices drawn in order, so reproducible."""
     settings = [(text, rng.choice(ACCENTS) + rng.choice(VARIANTS), rng.randint(120, 210), rng.randint(20, 80))
                 for text in sentences]
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         waves = list(pool.map(lambda s: synthesise(*s, cache), settings))
     return [(text, wave) for (text, *_), wave in zip(settings, waves)]
 
@@ -142,7 +145,7 @@ def augment(waveform: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     noise = rng.normal(0, 1, out.shape)
     if rng.random() < 0.5:  # brown noise: most of its energy where speech is, the harder case
         noise = np.cumsum(noise)
-        noise -= np.convolve(noise, np.ones(401) / 401, mode="same")
+        noise -= uniform_filter1d(noise, 401, mode="constant")  # = np.convolve(ones(401)/401, "same"), O(n)
     power = np.mean(waveform**2)
     noise *= np.sqrt(power / 10 ** (snr_db / 10) / max(np.mean(noise**2), 1e-12))
     return ((out + noise) * rng.uniform(0.1, 2.0)).astype(np.float32)
@@ -153,10 +156,11 @@ def augment(waveform: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def transcribe(model: HubertForCTC, waveforms: list[np.ndarray], tokenizer: CTCTokenizer,
                fe: FeatureExtractorConfig) -> list[str]:
     model.eval()
+    device = next(model.parameters()).device
     texts = []
     for waveform in waveforms:
         batch = prepare_batch([waveform], fe)
-        logits = model(torch.from_numpy(batch["input_values"])).logits
+        logits = model(torch.from_numpy(batch["input_values"]).to(device)).logits.cpu()
         texts.extend(tokenizer.greedy_decode(logits.float().numpy()))
     return texts
 
@@ -167,7 +171,7 @@ def save_fp16(model: HubertForCTC, directory: Path, extra: dict[str, str] | None
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    model.save_pretrained(tmp)
+    copy.deepcopy(model).cpu().save_pretrained(tmp)
     state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(tmp / "model.safetensors").items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     for name, text in (extra or {}).items():
@@ -187,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-sentences", type=int, default=6000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent (same recipe, faster)")
+    parser.add_argument("--synth-workers", type=int, default=2, help="espeak-ng processes at once")
+    parser.add_argument("--data-workers", type=int, default=1,
+                        help="threads preparing augmented batches ahead of the training step")
     parser.add_argument("--max-minutes", type=float, default=150.0, help="wall-time cap for this sitting")
     parser.add_argument("--max-steps", type=int, default=10000, help="the learning-rate schedule's length")
     parser.add_argument("--lr", type=float, default=6e-4)
@@ -222,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     dev_sentences = draw_sentences_between(rng, 80, taken)
     train_sentences = draw_sentences_between(rng, args.train_sentences, taken)
     log("synthesising speech with espeak-ng ...")
-    test = make_set(rng, test_sentences, cache)
-    dev = make_set(rng, dev_sentences, cache)
-    train = make_set(rng, train_sentences, cache)
+    test = make_set(rng, test_sentences, cache, args.synth_workers)
+    dev = make_set(rng, dev_sentences, cache, args.synth_workers)
+    train = make_set(rng, train_sentences, cache, args.synth_workers)
     hours = sum(len(w) for _, w in train) / 16000 / 3600
     log(f"{len(train)} training clips ({hours:.2f} h), {len(dev)} dev, {len(test)} test")
     # Held-out clips as a user would record them: the same noise and rooms as training.
@@ -242,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         state = json.loads(state_file.read_text())
         model = HubertForCTC.from_pretrained(args.resume_dir)
         log(f"resumed at step {state['step']} (best dev CER so far {state['best_dev_cer']})")
+    device = torch.device(args.device)
+    model.to(device)
     params = sum(p.numel() for p in model.parameters())
     log(f"model: {params / 1e6:.2f} M parameters")
 
@@ -263,19 +273,32 @@ def main(argv: list[str] | None = None) -> int:
 
     # Per-sitting randomness: a resumed sitting draws new batches and augmentation.
     batch_rng = random.Random(args.seed * 1000 + first_step)
-    np_rng = np.random.default_rng(args.seed * 1000 + first_step)
     torch.manual_seed(args.seed * 1000 + first_step)
     dev_waves, dev_texts = [w for _, w in dev], [t for t, _ in dev]
     step, running = first_step, []
     deadline = start + 60 * args.max_minutes
     sitting_start = time.perf_counter()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.no_bf16)
+    prepared = 0  # batches prepared this sitting: each gets its own augmentation generator, so any
+    # number of --data-workers gives the same batches in the same order
+
+    def prepare(indices: list[int], number: int) -> dict[str, torch.Tensor]:
+        np_rng = np.random.default_rng([args.seed, first_step, number])
+        return to_tensors([augment(train[i][1], np_rng) for i in indices],
+                          [train[i][0] for i in indices], tokenizer, fe)
+
+    pool = ThreadPoolExecutor(args.data_workers)
     done = step >= args.max_steps
     while not done:
-        for indices in length_batches([len(w) for _, w in train], int(args.batch_seconds * 16000), batch_rng):
+        epoch = length_batches([len(w) for _, w in train], int(args.batch_seconds * 16000), batch_rng)
+        ahead = [pool.submit(prepare, indices, prepared + k) for k, indices in enumerate(epoch[: 2 * args.data_workers])]
+        prepared += len(ahead)
+        for position in range(len(epoch)):
+            batch = {k: v.to(device, non_blocking=True) for k, v in ahead.pop(0).result().items()}
+            if position + len(ahead) + 1 < len(epoch):
+                ahead.append(pool.submit(prepare, epoch[position + len(ahead) + 1], prepared))
+                prepared += 1
             model.train()
-            batch = to_tensors([augment(train[i][1], np_rng) for i in indices],
-                               [train[i][0] for i in indices], tokenizer, fe)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             with autocast:
@@ -305,9 +328,11 @@ def main(argv: list[str] | None = None) -> int:
             if out_of_time:
                 done = True
                 break
+    pool.shutdown(cancel_futures=True)
     minutes = (time.perf_counter() - sitting_start) / 60
     state["sittings"].append({"from_step": first_step, "to_step": step, "minutes": round(minutes, 1),
-                              "threads": args.threads, "bf16": not args.no_bf16})
+                              "threads": args.threads, "bf16": not args.no_bf16,
+                              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
     state["step"] = step
     save_fp16(model, args.resume_dir, {"training_state.json": json.dumps(state, indent=2) + "\n"})
     log(f"sitting done: steps {first_step}-{step} in {minutes:.1f} min; best dev CER {state['best_dev_cer']:.2%} "
