@@ -93,11 +93,14 @@ def export_fp32(model_dir: Path, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------- back ends
-def openvino_models(onnx_path: Path, calibration: list[dict[str, np.ndarray]], threads: int):
+def openvino_models(onnx_path: Path, calibration: list[dict[str, np.ndarray]], threads: int, scratch: Path):
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     nncf.set_log_level(40)
+    # As the product's default recipe: SmoothQuant off (calibration.smooth_quant_alpha -1).
+    advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
     core = ov.Core()
     fp32 = ov.convert_model(str(onnx_path))
     names = [i.get_any_name() for i in fp32.inputs]
@@ -106,7 +109,12 @@ def openvino_models(onnx_path: Path, calibration: list[dict[str, np.ndarray]], t
 
     names_of_ops = [op.get_friendly_name() for op in fp32.get_ordered_ops()]
 
-    def build(groups: list[str]) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    def compiled_runner(path: Path):
+        compiled = core.compile_model(str(path), "CPU", config)
+        return lambda x: compiled({n: x[n] for n in names})[compiled.output(0)]
+
+    def build(groups: list[str]):
+        """(run, open_again): a runner now, and a way to reopen the same model from disk later."""
         model = fp32
         if groups:
             # Everything outside the groups is ignored by name, so nothing else gets a FakeQuantize.
@@ -114,9 +122,11 @@ def openvino_models(onnx_path: Path, calibration: list[dict[str, np.ndarray]], t
             ignored = [n for n in names_of_ops if n not in quantized]
             model = nncf.quantize(fp32, nncf.Dataset(calibration, lambda x: {n: x[n] for n in names}),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
+                                  advanced_parameters=advanced,
                                   ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
-        compiled = core.compile_model(model, "CPU", config)
-        return lambda x: compiled({n: x[n] for n in names})[compiled.output(0)]
+        path = scratch / f"ov-{'-'.join(groups)[:80] or 'fp32'}.xml"
+        ov.save_model(model, str(path), compress_to_fp16=False)
+        return compiled_runner(path), lambda: compiled_runner(path)
 
     return build
 
@@ -142,7 +152,7 @@ def onnxruntime_models(onnx_path: Path, calibration: list[dict[str, np.ndarray]]
 
     def build(groups: list[str]):
         if not groups:
-            return session(onnx_path)
+            return session(onnx_path), lambda: session(onnx_path)
         names = set(i.name for i in ort.InferenceSession(str(prepared)).get_inputs())
 
         class Reader(CalibrationDataReader):
@@ -159,7 +169,7 @@ def onnxruntime_models(onnx_path: Path, calibration: list[dict[str, np.ndarray]]
                         op_types_to_quantize=["MatMul", "Conv"],
                         nodes_to_quantize=matching(nodes, group_patterns(groups)),
                         extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True})
-        return session(target)
+        return session(target), lambda: session(target)
 
     return build
 
@@ -184,6 +194,7 @@ def score(run, reference: list[np.ndarray], inputs: list[dict[str, np.ndarray]],
 def latency(run, samples: int, repeats: int) -> float:
     x = {"input_values": np.random.default_rng(0).standard_normal((1, samples)).astype(np.float32),
          "attention_mask": np.ones((1, samples), dtype=np.int64)}
+    run(x)
     run(x)
     times = []
     for _ in range(repeats):
@@ -214,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-repeats", type=int, default=0, help="0: no latency (the default on a busy machine)")
     parser.add_argument("--latency-samples", type=int, default=160000)
+    parser.add_argument("--latency-gate", type=Path, help="wait until this file exists before timing (builds first)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "int8-sensitivity")
     args = parser.parse_args(argv)
 
@@ -221,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     from hubert_export.tokenizer import CTCTokenizer
 
     rows: list[dict] = []
+    openers: list[Callable[[], Callable]] = []
     with tempfile.TemporaryDirectory(prefix="int8-sensitivity-") as tmp_name:
         tmp = Path(tmp_name)
         models = list(args.model)
@@ -236,13 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             for backend in args.backends.split(","):
                 scratch = tmp / f"{label}-{backend}"
                 scratch.mkdir()
-                build = (openvino_models(onnx_path, calibration, args.threads) if backend == "openvino"
+                build = (openvino_models(onnx_path, calibration, args.threads, scratch) if backend == "openvino"
                          else onnxruntime_models(onnx_path, calibration, args.threads, scratch))
                 reference = None
                 base_scores: dict[str, float] = {}
                 for config in args.configs.split(","):
                     start = time.perf_counter()
-                    run = build(groups_for(config))
+                    run, reopen = build(groups_for(config))
                     build_seconds = time.perf_counter() - start
                     if reference is None:  # fp32 first: every other row is measured against it
                         reference = [np.asarray(run(x), dtype=np.float32) for x in inputs]
@@ -254,10 +267,20 @@ def main(argv: list[str] | None = None) -> int:
                     for metric in ("cer", "wer"):
                         if metric in row and metric in base_scores:
                             row[f"{metric}_delta"] = row[metric] - base_scores[metric]
-                    if args.latency_repeats:
-                        row["latency_seconds"] = latency(run, args.latency_samples, args.latency_repeats)
                     rows.append(row)
+                    openers.append(reopen)
+                    del run
                     print(json.dumps(row), flush=True)
+        if args.latency_repeats:
+            # Timed after every build, one model at a time reopened from disk, so that the builds
+            # can run on a busy machine and only this part needs it idle (--latency-gate).
+            if args.latency_gate is not None:
+                print(f"waiting for {args.latency_gate} before timing", flush=True)
+                while not args.latency_gate.exists():
+                    time.sleep(5)
+            for row, reopen in zip(rows, openers):
+                row["latency_seconds"] = latency(reopen(), args.latency_samples, args.latency_repeats)
+                print(f"{row['model']} {row['backend']} {row['config']}: {row['latency_seconds']:.3f} s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(), "threads": args.threads,
             "data": str(args.data), "calibration": str(args.calibration),

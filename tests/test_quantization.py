@@ -1,7 +1,10 @@
 """INT8 policy: layer groups over real export names, the default float groups, and (slow) the default
-INT8 artifacts of a random-init hubert-base passing their gate while an every-conv INT8 graph fails it."""
+INT8 artifacts of random-init hubert-base and hubert-large passing their gate while an every-conv INT8
+graph fails it, and the trained reference model's INT8 artifacts keeping held-out CER within 0.5 points."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import onnx
 import pytest
@@ -73,6 +76,77 @@ def test_default_int8_of_random_hubert_base_passes_its_gate(random_hubert_base, 
     backend = Artifact.open(tmp_path / target).manifest["backend"]
     float_groups = (backend["quantization"] if target == "openvino" else backend)["float_groups"]
     assert set(float_groups) == set(DEFAULT_FLOAT_GROUPS)
+
+
+@pytest.fixture(scope="module")
+def random_hubert_large(tmp_path_factory):
+    """hubert-large geometry (layer-norm encoder with conv bias, 24 pre-LN layers of 1024), random weights."""
+    return save_reference_checkpoint(
+        tmp_path_factory.mktemp("hubert-large"), "HubertForCTC", vocab_size=32, hidden_size=1024,
+        num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, feat_extract_norm="layer",
+        conv_bias=True, do_stable_layer_norm=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["openvino", "onnx"])
+def test_default_int8_of_random_hubert_large_passes_its_gate(random_hubert_large, tmp_path, target):
+    result = export_artifact(random_hubert_large, tmp_path / target, default_recipe(target, "int8"),
+                             latency_repeats=0)
+    assert result.passed, result.report.failures
+
+
+# ---------------------------------------------------------------------- the trained reference model
+REFERENCE_MODEL = Path(__file__).parent / "data" / "reference-ctc"
+REFERENCE_SPEECH = Path(__file__).parent / "data" / "reference-speech"
+CER_BOUND_POINTS = 0.5  # issue 13: INT8 held-out CER within 0.5 points (absolute) of eager
+
+
+def held_out_cer(runner) -> float:
+    """Greedy-CTC CER of `runner` on the reference model's 40 held-out clips, each at its own length."""
+    from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch, read_transcripts
+    from hubert_export.metrics import character_error_rate
+    from hubert_export.tokenizer import CTCTokenizer
+
+    fe = FeatureExtractorConfig.from_dir(REFERENCE_MODEL)
+    tokenizer = CTCTokenizer.from_dir(REFERENCE_MODEL)
+    references = read_transcripts(REFERENCE_SPEECH)
+    stems = sorted(references)
+    runner.activate()
+    try:
+        hyps = [tokenizer.greedy_decode(runner.infer(prepare_batch([load_audio(REFERENCE_SPEECH / f"{s}.flac")], fe))
+                                        ["logits"])[0] for s in stems]
+    finally:
+        runner.close()
+    return character_error_rate(hyps, [references[s] for s in stems])
+
+
+@pytest.fixture(scope="module")
+def eager_reference_cer() -> float:
+    from hubert_export.runner import EagerRunner
+    from hubert_export.tasks import get_task
+    from hubert_export.model import HubertForCTC
+
+    return held_out_cer(EagerRunner(HubertForCTC.from_pretrained(REFERENCE_MODEL), get_task("ctc")))
+
+
+def test_reference_model_is_the_trained_base_geometry_it_claims(eager_reference_cer):
+    from hubert_export.model import HubertConfig
+
+    config = HubertConfig.from_pretrained(REFERENCE_MODEL)
+    assert config.conv_dim == (512,) * 7 and config.feat_extract_norm == "group" and not config.do_stable_layer_norm
+    assert eager_reference_cer < 0.08  # TRAINING.md: 5.78%; an untrained model is near 100%
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["openvino", "onnx"])
+def test_default_int8_of_the_reference_model_keeps_held_out_cer(eager_reference_cer, tmp_path, target):
+    from hubert_export.backends import get_backend
+
+    result = export_artifact(REFERENCE_MODEL, tmp_path / target, default_recipe(target, "int8"), latency_repeats=0)
+    assert result.passed, result.report.failures
+    artifact = Artifact.open(tmp_path / target)
+    cer = held_out_cer(get_backend(target).load(artifact, threads=2))
+    assert cer - eager_reference_cer <= CER_BOUND_POINTS / 100, (cer, eager_reference_cer)
 
 
 @pytest.mark.slow
