@@ -22,6 +22,8 @@ all within noise of each other.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import re
 from pathlib import Path
@@ -197,14 +199,16 @@ def _ignored_scope(model: ov.Model, patterns: tuple[str, ...], group_patterns: l
 
 def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: list[dict[str, np.ndarray]],
                                     model_inputs, dataset, advanced, options) -> tuple[ov.Model, dict[str, Any]]:
-    """Quantise with the recipe's float groups, then revert whole layer groups to float, most
+    """Quantise once with the recipe's float groups, then revert whole layer groups to float, most
     sensitive first (REVERT_ORDER, ranked once by benchmarks/int8_sensitivity.py), until the metric
     drop is within `calibration.max_accuracy_drop`.
 
-    NNCF's own accuracy control re-ranks ~70 layer groups of hubert-base after each revert (about 3
-    minutes a ranking here) and did not finish in 12 minutes; a fixed ranking costs one quantisation
-    per revert. Each step logs the metric. An unreachable drop returns the best candidate with
-    `reached: false`, which fails the build.
+    A revert takes the quantised model and feeds the group's layers their inputs from before the
+    FakeQuantize nodes (`revert_to_float`): no new quantisation, so a step costs one compile and one
+    pass over the recordings. NNCF's own accuracy control re-ranks ~70 layer groups of hubert-base
+    after each revert (about 3 minutes a ranking here) and did not finish in 12 minutes; a
+    quantisation per revert still took minutes on hubert-base. Each step logs the metric. An
+    unreachable drop returns the best candidate with `reached: false`, which fails the build.
     """
     import nncf
 
@@ -224,10 +228,6 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
         return float(np.mean([metric(ref, compiled(model_inputs(item))[compiled.output(output)])
                               for ref, item in zip(references, items)]))
 
-    def quantize(float_groups: list[str]) -> ov.Model:
-        scope = _ignored_scope(model, cal.ignored_scopes, group_patterns(float_groups))
-        return nncf.quantize(model, dataset, advanced_parameters=advanced, **{**options, "ignored_scope": scope})
-
     float_groups = list(cal.float_groups)
     # Groups with no Conv/MatMul in this model (conv6 of a 3-conv encoder, a head-less model) are skipped.
     weighted = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
@@ -235,8 +235,12 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
                   if not covered_by(g, float_groups) and matching(weighted, group_patterns([g]))]
     log.info(f"accuracy control: max {metric.__name__} drop {drop:g} on {len(items)} recordings, "
              f"up to {len(candidates)} layer groups to revert")
-    best = quantize(float_groups)
-    best_value, best_groups = score(best), list(float_groups)
+    scope = _ignored_scope(model, cal.ignored_scopes, group_patterns(float_groups))
+    # Weights kept as float constants behind FakeQuantize nodes (not yet compressed to INT8), so a
+    # revert gives a layer its exact float weights back; the chosen model is compressed at the end.
+    uncompressed = dataclasses.replace(advanced, backend_params={**advanced.backend_params, "compress_weights": False})
+    quantized = nncf.quantize(model, dataset, advanced_parameters=uncompressed, **{**options, "ignored_scope": scope})
+    best, best_value, best_groups = quantized, score(quantized), list(float_groups)
     steps = [{"float_groups": list(float_groups), "metric": best_value}]
     log.info(f"accuracy control: start ({', '.join(float_groups) or 'nothing'} in float): "
              f"{metric.__name__} {best_value:.4f}, drop {1 - best_value:.4f}")
@@ -244,13 +248,16 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
         if 1.0 - best_value <= drop:
             break
         float_groups.append(group)
-        candidate = quantize(float_groups)
+        candidate = revert_to_float(quantized, matching(weighted, group_patterns(float_groups)), model)
         value = score(candidate)
         steps.append({"float_groups": list(float_groups), "metric": value})
         log.info(f"accuracy control: revert {index}/{len(candidates)} {group}: {metric.__name__} {value:.4f}, "
                  f"drop {1 - value:.4f}")
         if value >= best_value:
             best, best_value, best_groups = candidate, value, list(float_groups)
+    from openvino._offline_transformations import compress_quantize_weights_transformation
+
+    compress_quantize_weights_transformation(best)
     reached = 1.0 - best_value <= drop
     if not reached:
         log.warning(f"accuracy control: drop {1 - best_value:.4f} is above {drop:g} with every layer group "
@@ -258,6 +265,39 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
     return best, {"metric": metric.__name__, "max_drop": drop, "drop_type": "absolute", "fp32_metric": 1.0,
                   "int8_metric": best_value, "drop": 1.0 - best_value, "reached": reached,
                   "float_groups": best_groups, "steps": steps}
+
+
+def revert_to_float(quantized: ov.Model, layer_names: list[str], original: ov.Model | None = None) -> ov.Model:
+    """A copy of `quantized` in which the named Conv/MatMul layers read their inputs (activations and
+    weights) from before their FakeQuantize nodes: those layers compute in float, the rest as before.
+
+    With `original` (the model before quantisation), the named layers also get back their original
+    biases: NNCF's bias correction shifted them to offset INT8's error, which is an error in float.
+    """
+    reverted = quantized.clone()
+    names = set(layer_names)
+    original_ops = {op.get_friendly_name(): op for op in original.get_ordered_ops()} if original is not None else {}
+    for op in reverted.get_ordered_ops():
+        if op.get_type_name() not in _WEIGHTED_OPS or op.get_friendly_name() not in names:
+            continue
+        for port in op.inputs():
+            # Weights reach a grouped convolution through a Reshape after their FakeQuantize.
+            consumer, source = port, port.get_source_output().get_node()
+            while source.get_type_name() in _TRANSPARENT_OPS:
+                consumer, source = source.input(0), source.input(0).get_source_output().get_node()
+            if source.get_type_name() == "FakeQuantize":
+                consumer.replace_source_output(source.input_value(0))
+        for target in op.output(0).get_target_inputs():
+            add = target.get_node()
+            before = original_ops.get(add.get_friendly_name())
+            if add.get_type_name() != "Add" or before is None or before.get_type_name() != "Add":
+                continue
+            for index in range(2):
+                bias, old_bias = add.input_value(index).get_node(), before.input_value(index).get_node()
+                if bias.get_type_name() == "Constant" and old_bias.get_type_name() == "Constant":
+                    add.input(index).replace_source_output(
+                        ov.op.Constant(old_bias.get_data().copy()).output(0))
+    return reverted
 
 
 def _agreement_metric(task: str):

@@ -271,3 +271,20 @@ def test_runner_options_and_shape_range(fp32_artifact):
         assert str(runner.compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
         with pytest.raises(HubertExportError, match="outside this artifact's shape range"):
             runner.infer({"input_values": np.zeros((17, 400), np.float32)})
+
+
+def test_revert_to_float_takes_the_named_layers_out_of_int8(int8_artifact):
+    """Accuracy control's revert step: the named layers read their inputs from before the
+    FakeQuantize nodes; the others stay as they were."""
+    import openvino as ov
+
+    from hubert_export.backends.openvino import _layer_precisions, revert_to_float
+
+    quantized = ov.Core().read_model(str(int8_artifact[0] / "model.xml"))
+    int8_layers, float_layers = _layer_precisions(quantized)
+    assert int8_layers
+    some = int8_layers[: len(int8_layers) // 2]
+    partly = revert_to_float(quantized, some)
+    assert sorted(_layer_precisions(partly)[1]) == sorted(float_layers + some)
+    assert _layer_precisions(revert_to_float(quantized, int8_layers))[0] == []
+    assert _layer_precisions(quantized)[0] == int8_layers  # the input model is left as it was
