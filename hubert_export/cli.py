@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help="ONNX opset (18..21, default 18)")
     parser.add_argument("--output-hidden-states", action="store_true", default=None,
                         help="feature-extraction: also output every hidden state, (batch, layers+1, frames, hidden)")
+    parser.add_argument("--attention-mask", choices=["auto", "true", "false"],
+                        help="export an attention_mask input: auto (default) when the checkpoint's feature extractor "
+                             "returns one; false for runtimes that feed input_values only (Optimum's ORTModelForCTC)")
     parser.add_argument("--min-shape", type=_shape, metavar="B,SAMPLES", help="smallest input (default 1,400)")
     parser.add_argument("--opt-shape", type=_shape, metavar="B,SAMPLES",
                         help="the shape to optimise for (default 1,160000: 10 s)")
@@ -240,7 +243,7 @@ def _recipe_from_args(args: argparse.Namespace):
         recipe = default_recipe(args.target, args.precision)
     overrides: dict[str, Any] = {
         "target": args.target, "precision": args.precision, "task": args.task, "export.opset": args.opset,
-        "export.output_hidden_states": args.output_hidden_states,
+        "export.output_hidden_states": args.output_hidden_states, "export.attention_mask": args.attention_mask,
         "calibration.data": args.calibration_data, "calibration.max_accuracy_drop": args.max_accuracy_drop,
     }
     for slot in ("min", "opt", "max"):

@@ -88,3 +88,23 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "hubert_export.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--target" in result.stdout
     assert shutil.which("hubert-export") is not None
+
+
+def test_attention_mask_flag_sets_the_exported_inputs(tmp_path, capsys):
+    """The shipped model's feature extractor returns a mask, so `auto` exports one; `false` gives the
+    input_values-only graph that Optimum's ORTModelForCTC can feed (benchmarks/optimum_interop.py)."""
+    import onnx
+
+    inputs = {}
+    for choice in ("auto", "false"):
+        out = tmp_path / choice
+        code, _, _ = _run(capsys, "--target", "onnx", "--attention-mask", choice, "--output", out,
+                          "--latency-repeats", "0", "--quiet")
+        assert code == 0
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["recipe"]["export"]["attention_mask"] == {"auto": "auto", "false": False}[choice]
+        graph = onnx.load(str(out / "model.onnx")).graph
+        inputs[choice] = [i.name for i in graph.input]
+        assert [i["name"] for i in manifest["io"]["inputs"]] == inputs[choice]
+        assert [o.name for o in graph.output] == ["logits"]
+    assert inputs == {"auto": ["input_values", "attention_mask"], "false": ["input_values"]}

@@ -1,4 +1,4 @@
-"""OpenVINO: an IR (`model.xml` + `model.bin`) from OpenVINO's own ONNX converter; INT8 by NNCF.
+"""OpenVINO: an IR (`openvino_model.xml` + `.bin`) from OpenVINO's own ONNX converter; INT8 by NNCF.
 
   fp32  the converted IR as is
   fp16  the same graph with FP16-compressed weights (`save_model(compress_to_fp16=True)`): half the
@@ -41,8 +41,10 @@ from hubert_export.recipes import OpenVinoOptions, Recipe, Shape
 from hubert_export.runner import Runner, check_inputs
 
 log = logging.getLogger(__name__)
-MODEL_XML = "model.xml"
-MODEL_BIN = "model.bin"
+# optimum-intel's names: OVModelForCTC.from_pretrained(artifact) finds the IR only by them (it looks for
+# `openvino*_*.xml` and otherwise tries to convert a PyTorch checkpoint that is not there).
+MODEL_XML = "openvino_model.xml"
+MODEL_BIN = "openvino_model.bin"
 _WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
 # Ops between a FakeQuantize and the layer it feeds (layout changes, dequantisation converts).
 _TRANSPARENT_OPS = {"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Convert"}
@@ -100,8 +102,10 @@ class OpenVinoBackend(Backend):
         if performance_hint is not None:
             config["PERFORMANCE_HINT"] = performance_hint.upper()
         io = manifest.get("io", {})
+        # The manifest names the IR: artifacts built before the optimum-intel names have model.xml.
+        xml = next((f for f in artifact.model_files if f.suffix == ".xml"), artifact.path / MODEL_XML)
         return OpenVinoRunner(
-            artifact.path / MODEL_XML, config=config,
+            xml, config=config,
             input_names=[i["name"] for i in io.get("inputs", [{"name": "input_values"}])],
             output_names=[o["name"] for o in io.get("outputs", [])],
             static_shape=options.static_shape,

@@ -7,6 +7,7 @@ the tests below compare against transformers' implementation and against the FP3
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
@@ -70,10 +71,11 @@ def test_fp32_ir_matches_eager_and_transformers(fp32_artifact, ctc_checkpoint):
     assert artifact.manifest["parity"]["cases"] >= 5  # lengths 400..48077 and a padded batch of 3
     assert report_worst["max_abs_error"] < 1e-4
     backend = artifact.manifest["backend"]
-    assert backend["files"] == ["model.xml", "model.bin"] and backend["weights"] == "fp32"
+    # optimum-intel's file names: OVModelForCTC.from_pretrained(artifact) finds the IR only by them.
+    assert backend["files"] == ["openvino_model.xml", "openvino_model.bin"] and backend["weights"] == "fp32"
     assert backend["compile"]["INFERENCE_PRECISION_HINT"] == "f32"
     # Batch and samples stay dynamic in the IR, and the ONNX names are kept.
-    model = ov.Core().read_model(str(fp32_artifact / "model.xml"))
+    model = ov.Core().read_model(str(fp32_artifact / "openvino_model.xml"))
     assert [p.get_any_name() for p in model.inputs] == ["input_values"]
     assert [p.get_any_name() for p in model.outputs] == ["logits"]
     assert all(d.is_dynamic for d in model.input(0).get_partial_shape())
@@ -101,7 +103,8 @@ def test_one_frame_input_does_not_corrupt_later_shapes(tmp_path):
 def test_fp16_ir_halves_the_weights_and_passes(fp32_artifact, ctc_checkpoint, tmp_path):
     result = export_artifact(ctc_checkpoint, tmp_path / "fp16", openvino_recipe("fp16"))
     assert result.passed, result.report.failures
-    assert (tmp_path / "fp16" / "model.bin").stat().st_size < 0.6 * (fp32_artifact / "model.bin").stat().st_size
+    assert ((tmp_path / "fp16" / "openvino_model.bin").stat().st_size
+            < 0.6 * (fp32_artifact / "openvino_model.bin").stat().st_size)
     worst = result.report.worst()
     assert 1e-6 < worst["max_abs_error"] < 1e-2  # really rounded weights, still close
 
@@ -111,7 +114,7 @@ def test_feature_extraction_with_mask_and_hidden_states(large_checkpoint, tmp_pa
     result = export_artifact(large_checkpoint, tmp_path / "features", recipe)
     assert result.passed, result.report.failures
     assert result.report.worst()["max_abs_error"] < 1e-4
-    model = ov.Core().read_model(str(tmp_path / "features" / "model.xml"))
+    model = ov.Core().read_model(str(tmp_path / "features" / "openvino_model.xml"))
     assert [p.get_any_name() for p in model.inputs] == ["input_values", "attention_mask"]
     assert [p.get_any_name() for p in model.outputs] == ["last_hidden_state", "hidden_states"]
 
@@ -255,13 +258,34 @@ def test_static_shape_runner_rejects_other_shapes(ctc_checkpoint, tmp_path):
 def test_damaged_ir_is_a_clear_error(fp32_artifact, tmp_path, damage):
     copy = tmp_path / "copy"
     shutil.copytree(fp32_artifact, copy)
-    name = "model.xml" if damage == "truncated-xml" else "model.bin"
+    name = "openvino_model.xml" if damage == "truncated-xml" else "openvino_model.bin"
     if damage == "missing-bin":
         (copy / name).unlink()
     else:
         os.truncate(copy / name, (copy / name).stat().st_size // 2)
     with pytest.raises(HubertExportError, match="rebuild the artifact"):
         get_backend("openvino").load(Artifact.open(copy)).activate()
+
+
+def test_artifact_with_the_earlier_ir_names_still_loads(fp32_artifact, tmp_path):
+    """Artifacts built before the IR took optimum-intel's names hold model.xml + model.bin, named
+    in their manifest's backend section; the runner opens the IR the manifest names."""
+    old = tmp_path / "old-names"
+    shutil.copytree(fp32_artifact, old)
+    (old / "openvino_model.xml").rename(old / "model.xml")
+    (old / "openvino_model.bin").rename(old / "model.bin")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["backend"]["files"] = ["model.xml", "model.bin"]
+    earlier = {"openvino_model.xml": "model.xml", "openvino_model.bin": "model.bin"}
+    manifest["files"] = {earlier.get(name, name): entry for name, entry in manifest["files"].items()}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    Artifact.open(old).verify_files()
+    x = np.random.default_rng(2).standard_normal((1, 12_345)).astype(np.float32)
+    with get_backend("openvino").load(Artifact.open(fp32_artifact)) as new_runner:
+        expected = new_runner.infer({"input_values": x})["logits"]
+    with get_backend("openvino").load(Artifact.open(old)) as old_runner:
+        assert old_runner.xml_path == old / "model.xml"
+        np.testing.assert_array_equal(old_runner.infer({"input_values": x})["logits"], expected)
 
 
 def test_runner_options_and_shape_range(fp32_artifact):
