@@ -304,7 +304,7 @@ def test_revert_to_float_takes_the_named_layers_out_of_int8(int8_artifact):
 
     from hubert_export.backends.openvino import _layer_precisions, revert_to_float
 
-    quantized = ov.Core().read_model(str(int8_artifact[0] / "model.xml"))
+    quantized = ov.Core().read_model(str(int8_artifact[0] / "openvino_model.xml"))
     int8_layers, float_layers = _layer_precisions(quantized)
     assert int8_layers
     some = int8_layers[: len(int8_layers) // 2]
