@@ -4,7 +4,10 @@ Module and parameter names follow `transformers` exactly, so the mapping is shor
   * the positional convolution's weight norm is stored either as `weight_g` / `weight_v` (older
     checkpoints) or `parametrizations.weight.original0` / `original1` (transformers >= 4.35): both
     load into `weight_g` / `weight_v`, and saving writes the newer names;
-  * head classes keep the backbone under `hubert.`; a backbone checkpoint has no prefix.
+  * head classes keep the backbone under `hubert.`; a backbone checkpoint has no prefix;
+  * wav2vec 2.0's head classes keep the same backbone under `wav2vec2.` (its `base_model_prefix`):
+    it is read into `hubert.` and written back as `wav2vec2.`, so that transformers loads what
+    `save_pretrained` writes. Every other name is the same in both families.
 
 Formats, safest first: `model.safetensors` (memory-mapped, no copy), a sharded
 `model.safetensors.index.json`, then `pytorch_model.bin` (sharded or not) through
@@ -29,7 +32,7 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_BIN_NAME = "pytorch_model.bin"
 TORCH_BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 
-BACKBONE_PREFIX = "hubert."
+BACKBONE_PREFIX = "hubert."  # where this model's head classes keep the backbone, whatever the family
 # Names of head parameters: what a backbone lacks and a head class adds.
 HEAD_PREFIXES = ("lm_head.", "projector.", "classifier.", "layer_weights")
 
@@ -134,9 +137,10 @@ def load_checkpoint_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     return {_rename(key, _RENAMES_ON_LOAD): tensor for key, tensor in state.items()}
 
 
-def to_checkpoint_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """This model's state dict under the names transformers >= 4.35 writes."""
-    return {_rename(key, _RENAMES_ON_SAVE): tensor.detach().contiguous() for key, tensor in state.items()}
+def to_checkpoint_state(state: dict[str, torch.Tensor], checkpoint_prefix: str = BACKBONE_PREFIX) -> dict[str, torch.Tensor]:
+    """This model's state dict under the names transformers >= 4.35 writes, the backbone under `checkpoint_prefix`."""
+    return {_rename(_swap_prefix(key, BACKBONE_PREFIX, checkpoint_prefix), _RENAMES_ON_SAVE): tensor.detach().contiguous()
+            for key, tensor in state.items()}
 
 
 def _rename(key: str, renames: dict[str, str]) -> str:
@@ -146,16 +150,23 @@ def _rename(key: str, renames: dict[str, str]) -> str:
     return key
 
 
-def match_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _swap_prefix(key: str, old: str, new: str) -> str:
+    return new + key[len(old):] if key.startswith(old) else key
+
+
+def match_prefix(state: dict[str, torch.Tensor], expected: set[str],
+                 checkpoint_prefix: str = BACKBONE_PREFIX) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Move checkpoint keys under or out of `hubert.` to meet the model's names.
 
-    Returns the renamed state and the head weights dropped because the model has no head (a CTC
-    checkpoint loaded as a bare HubertModel for feature extraction).
+    The checkpoint's head classes keep the backbone under `checkpoint_prefix` (`wav2vec2.` for
+    wav2vec 2.0). Returns the renamed state and the head weights dropped because the model has no
+    head (a CTC checkpoint loaded as a bare HubertModel for feature extraction).
     """
     model_has_prefix = any(k.startswith(BACKBONE_PREFIX) for k in expected)
     renamed: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, tensor in state.items():
+        key = _swap_prefix(key, checkpoint_prefix, BACKBONE_PREFIX)
         has_prefix = key.startswith(BACKBONE_PREFIX)
         if model_has_prefix and not has_prefix and not key.startswith(HEAD_PREFIXES):
             key = BACKBONE_PREFIX + key
