@@ -142,8 +142,11 @@ class HubertPreTrainedModel(nn.Module):
         # tensors instead of allocating and initialising a second copy.
         with torch.device("meta"):
             model = cls(config)
-        expected = model.state_dict()
-        state, _dropped_head = weights.match_prefix(state, set(expected), cls.base_model_prefix + ".")
+        # Matched in the checkpoint's names (wav2vec 2.0 keeps the backbone under `wav2vec2.`), so
+        # that every error names a weight as the checkpoint spells it.
+        prefix = cls.base_model_prefix + "."
+        expected = {weights.checkpoint_name(k, prefix): v for k, v in model.state_dict().items()}
+        state, _dropped_head = weights.match_prefix(state, set(expected), prefix)
         missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in state if k not in expected]
         head_only = [k for k in missing if k.startswith(weights.HEAD_PREFIXES)]
@@ -170,7 +173,7 @@ class HubertPreTrainedModel(nn.Module):
                 state[key] = tensor.to(dtype)
         for key in head_only:
             state[key] = model._init_parameter(key, expected[key].shape)
-        model.load_state_dict(state, strict=False, assign=True)
+        model.load_state_dict({weights.model_name(k, prefix): v for k, v in state.items()}, strict=False, assign=True)
         # num_batches_tracked is optional in checkpoints; any buffer still on meta gets its default.
         for module in model.modules():
             for name, buffer in list(module.named_buffers(recurse=False)):

@@ -163,3 +163,13 @@ def test_adapters_are_refused(tmp_path, field, value, message):
     with pytest.raises(HubertExportError, match=message) as info:
         Wav2Vec2ForCTC.from_pretrained(path)
     assert "\n" not in str(info.value)
+
+
+def test_hubert_weights_under_a_wav2vec2_config_are_refused_in_the_checkpoints_names(tmp_path):
+    path = save_reference_checkpoint(tmp_path, "HubertForCTC", **TINY_BASE)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(config, model_type="wav2vec2")))
+    with pytest.raises(HubertExportError, match=r"does not fit Wav2Vec2ForCTC .*missing weights: wav2vec2\..*"
+                                                r"unexpected weights: hubert\.") as info:
+        Wav2Vec2ForCTC.from_pretrained(path)
+    assert "\n" not in str(info.value)
