@@ -26,16 +26,17 @@ def open_transformers(subject: Subject, threads: int | None = None) -> Runner:
         import torch
 
         torch.set_num_threads(threads)
-    return TransformersRunner(subject.path, config_and_task(subject)[1])
+    config, task = config_and_task(subject)
+    return TransformersRunner(subject.path, task, config.model_type)
 
 
 class TransformersRunner(Runner):
     """transformers' own eager model (default attention implementation): the usual starting point."""
 
-    def __init__(self, checkpoint: str | Path, task: str) -> None:
-        from hubert_export.tasks import get_task
+    def __init__(self, checkpoint: str | Path, task: str, model_type: str = "hubert") -> None:
+        from hubert_export.tasks import FAMILIES
 
-        spec = get_task(task)
+        spec = FAMILIES[model_type].task(task)
         self.checkpoint = checkpoint
         # Our model classes carry transformers' names.
         self.class_name = spec.model_class.__name__

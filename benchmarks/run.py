@@ -335,10 +335,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log(f"checkpoint {model}, artifacts in {work}")
 
-    from hubert_export.model import HubertConfig
+    from hubert_export.model import load_config
     from hubert_export.tasks import infer_task
 
-    task = infer_task(HubertConfig.from_pretrained(model))
+    task = infer_task(load_config(model))
     notes: list[str] = []
     subjects, exports = build_ours(model, work, args.reuse, calibration_dir(work), notes)
     optimum, optimum_export = build_optimum(model, work, task, args.optimum_python, args.reuse, notes)

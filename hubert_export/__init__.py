@@ -15,7 +15,8 @@ from hubert_export.errors import HubertExportError
 __version__ = "0.1.0"
 
 _LAZY = {name: "hubert_export.model" for name in (
-    "HubertConfig", "HubertForCTC", "HubertForSequenceClassification", "HubertModel", "HubertPreTrainedModel")}
+    "HubertConfig", "HubertForCTC", "HubertForSequenceClassification", "HubertModel", "HubertPreTrainedModel",
+    "Wav2Vec2Config", "Wav2Vec2ForCTC", "Wav2Vec2ForSequenceClassification", "Wav2Vec2Model", "load_config")}
 
 __all__ = [
     "HubertConfig",
@@ -24,7 +25,12 @@ __all__ = [
     "HubertForSequenceClassification",
     "HubertModel",
     "HubertPreTrainedModel",
+    "Wav2Vec2Config",
+    "Wav2Vec2ForCTC",
+    "Wav2Vec2ForSequenceClassification",
+    "Wav2Vec2Model",
     "__version__",
+    "load_config",
 ]
 
 

@@ -166,9 +166,10 @@ def open_subject(subject: Subject, threads: int | None = None) -> Any:
         raise HubertExportError(f"subject {subject.name} of kind {subject.kind} needs an opener "
                                 "(benchmarks/baselines.py has the transformers one)")
     from hubert_export.runner import EagerRunner
-    from hubert_export.tasks import get_task
+    from hubert_export.tasks import family_of
 
-    spec = get_task(config_and_task(subject)[1])
+    config, task = config_and_task(subject)
+    spec = family_of(config).task(task)
     return EagerRunner(spec.model_class.from_pretrained(subject.path), spec)
 
 
@@ -187,12 +188,12 @@ def _resolve(opener: str) -> Any:
 
 
 def config_and_task(subject: Subject) -> tuple[Any, str]:
-    from hubert_export.model import HubertConfig
+    from hubert_export.model import load_config
     from hubert_export.tasks import infer_task
 
     path = Path(subject.path)
     config_dir = Path(subject.config_dir) if subject.config_dir else (path if path.is_dir() else path.parent)
-    config = HubertConfig.from_pretrained(config_dir)
+    config = load_config(config_dir)
     task = None
     if subject.kind == "artifact":
         from hubert_export.artifact import Artifact

@@ -29,7 +29,7 @@ from hubert_export.backends import Backend, BuildInputs, ExportedGraph, get_back
 from hubert_export.corpus import CorpusOptions
 from hubert_export.errors import HubertExportError
 from hubert_export.hub import resolve_model
-from hubert_export.model import HubertConfig
+from hubert_export.model import HubertConfig, load_config
 from hubert_export.model.weights import load_checkpoint_state
 from hubert_export.golden import RecordingRunner, write_golden
 from hubert_export.parity import (ParityCase, ParityReport, builtin_cases, data_cases, fit_cases, run_parity,
@@ -65,7 +65,7 @@ class BuildResult:
 
 
 def _load_model(model_dir: Path, task_name: str):
-    config = HubertConfig.from_pretrained(model_dir)
+    config = load_config(model_dir)
     family = family_of(config)
     task = family.task(family.infer_task(config) if task_name == "auto" else task_name)
     head = task.head_prefix

@@ -43,7 +43,7 @@ import numpy as np
 from hubert_export import artifact as artifacts
 from hubert_export.backends import get_backend
 from hubert_export.errors import HubertExportError
-from hubert_export.model.config import HubertConfig
+from hubert_export.model.config import HubertConfig, load_config
 from hubert_export.parity import ParityCase, ParityReport, run_parity
 from hubert_export.recipes import Recipe, ShapeRange, recipe_from_dict
 from hubert_export.runner import Runner, median_latency
@@ -197,7 +197,7 @@ def check_golden(artifact_dir: str | Path, *, junit: str | Path | None = None,
     section, cases, reference = _load(artifact)
     manifest = artifact.manifest
     recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json")
-    config = HubertConfig.from_pretrained(artifact.path)
+    config = load_config(artifact.path)
     tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
     backend = get_backend(artifact.target)
     static = backend.static_shape(recipe)

@@ -5,8 +5,10 @@ checkpoints: input and output names with their dynamic axes and dtypes, the stat
 from the config (hidden size, vocabulary, labels, layers), the dummy inputs the exporter traces
 with, each task's model class and head weights, the architecture -> task map of config.json, the
 default opset and the parity tolerances. The exporter, the manifest, the runners, the parity
-harness, the FLOP count and the benchmarks read it from here; a new family (wav2vec2, whose
-inference graph is HuBERT's) is one more `ModelFamily(...)` and one line in `FAMILIES`.
+harness, the FLOP count and the benchmarks read it from here; a new family is one more
+`ModelFamily(...)` and one line in `FAMILIES` (and its config class in model/config.py's
+`CONFIG_CLASSES`, which torch-free code reads). wav2vec2, whose inference graph is HuBERT's, was
+added that way.
 
 Names follow the ecosystem (Optimum, ONNX Runtime's speech examples): `input_values`, optional
 `attention_mask`, and `last_hidden_state` or `logits`.
@@ -23,7 +25,8 @@ from torch import nn
 
 from hubert_export.errors import HubertExportError
 from hubert_export.recipes import DEFAULT_OPSET, TASKS as RECIPE_TASKS  # torch-free: recipes load without torch
-from hubert_export.model import HubertConfig, HubertForCTC, HubertForSequenceClassification, HubertModel
+from hubert_export.model import (HubertConfig, HubertForCTC, HubertForSequenceClassification, HubertModel,
+                                 Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification, Wav2Vec2Model)
 
 TASK_NAMES: tuple[str, ...] = tuple(t for t in RECIPE_TASKS if t != "auto")
 
@@ -144,44 +147,64 @@ class ModelFamily:
         }
 
 
+# The graph interface of the wav2vec 2.0 / HuBERT network, shared by the families that compute it.
+SPEECH_INPUTS = (
+    TensorSpec("input_values", "float32", 2, {0: "batch", 1: "samples"}),
+    TensorSpec("attention_mask", "int64", 2, {0: "batch", 1: "samples"}),
+)
+LAST_HIDDEN_STATE = TensorSpec("last_hidden_state", "float32", 3, {0: "batch", 1: "frames"},
+                               lambda c: {2: c.hidden_size})
+CTC_LOGITS = TensorSpec("logits", "float32", 3, {0: "batch", 1: "frames"}, lambda c: {2: c.vocab_size})
+CLASS_LOGITS = TensorSpec("logits", "float32", 2, {0: "batch"}, lambda c: {1: c.num_labels})
+HIDDEN_STATES = TensorSpec("hidden_states", "float32", 4, {0: "batch", 2: "frames"},
+                           lambda c: {1: c.num_hidden_layers + 1, 3: c.hidden_size})
+FEATURE_EXTRACTION_DESCRIPTION = "the encoder's last hidden state, (batch, frames, hidden)"
+CTC_DESCRIPTION = "per-frame token logits for CTC decoding, (batch, frames, vocab)"
+CLASSIFICATION_DESCRIPTION = "one row of class logits per utterance, (batch, labels)"
+
 HUBERT = ModelFamily(
     name="hubert",
     config_class=HubertConfig,
-    inputs=(
-        TensorSpec("input_values", "float32", 2, {0: "batch", 1: "samples"}),
-        TensorSpec("attention_mask", "int64", 2, {0: "batch", 1: "samples"}),
-    ),
+    inputs=SPEECH_INPUTS,
     tasks={
-        "feature-extraction": TaskSpec(
-            "feature-extraction", HubertModel,
-            TensorSpec("last_hidden_state", "float32", 3, {0: "batch", 1: "frames"},
-                       lambda c: {2: c.hidden_size}),
-            "the encoder's last hidden state, (batch, frames, hidden)",
-        ),
-        "ctc": TaskSpec(
-            "ctc", HubertForCTC,
-            TensorSpec("logits", "float32", 3, {0: "batch", 1: "frames"}, lambda c: {2: c.vocab_size}),
-            "per-frame token logits for CTC decoding, (batch, frames, vocab)",
-            head_prefix="lm_head.",
-        ),
-        "sequence-classification": TaskSpec(
-            "sequence-classification", HubertForSequenceClassification,
-            TensorSpec("logits", "float32", 2, {0: "batch"}, lambda c: {1: c.num_labels}),
-            "one row of class logits per utterance, (batch, labels)",
-            head_prefix="classifier.",
-        ),
+        "feature-extraction": TaskSpec("feature-extraction", HubertModel, LAST_HIDDEN_STATE,
+                                        FEATURE_EXTRACTION_DESCRIPTION),
+        "ctc": TaskSpec("ctc", HubertForCTC, CTC_LOGITS, CTC_DESCRIPTION, head_prefix="lm_head."),
+        "sequence-classification": TaskSpec("sequence-classification", HubertForSequenceClassification,
+                                             CLASS_LOGITS, CLASSIFICATION_DESCRIPTION, head_prefix="classifier."),
     },
     architectures={
         "HubertModel": "feature-extraction",
         "HubertForCTC": "ctc",
         "HubertForSequenceClassification": "sequence-classification",
     },
-    hidden_states=TensorSpec("hidden_states", "float32", 4, {0: "batch", 2: "frames"},
-                             lambda c: {1: c.num_hidden_layers + 1, 3: c.hidden_size}),
+    hidden_states=HIDDEN_STATES,
+)
+
+# wav2vec 2.0: HuBERT's inference network (hubert_export/model/wav2vec2.py says what differs).
+WAV2VEC2 = ModelFamily(
+    name="wav2vec2",
+    config_class=Wav2Vec2Config,
+    inputs=SPEECH_INPUTS,
+    tasks={
+        "feature-extraction": TaskSpec("feature-extraction", Wav2Vec2Model, LAST_HIDDEN_STATE,
+                                        FEATURE_EXTRACTION_DESCRIPTION),
+        "ctc": TaskSpec("ctc", Wav2Vec2ForCTC, CTC_LOGITS, CTC_DESCRIPTION, head_prefix="lm_head."),
+        "sequence-classification": TaskSpec("sequence-classification", Wav2Vec2ForSequenceClassification,
+                                             CLASS_LOGITS, CLASSIFICATION_DESCRIPTION, head_prefix="classifier."),
+    },
+    architectures={
+        "Wav2Vec2Model": "feature-extraction",
+        "Wav2Vec2ForCTC": "ctc",
+        "Wav2Vec2ForSequenceClassification": "sequence-classification",
+        # A pretraining checkpoint's backbone gives features; its quantizer is ignored on load.
+        "Wav2Vec2ForPreTraining": "feature-extraction",
+    },
+    hidden_states=HIDDEN_STATES,
 )
 
 # config.json's model_type -> family. One line per family.
-FAMILIES: dict[str, ModelFamily] = {"hubert": HUBERT}
+FAMILIES: dict[str, ModelFamily] = {"hubert": HUBERT, "wav2vec2": WAV2VEC2}
 TASKS: dict[str, TaskSpec] = HUBERT.tasks
 
 
@@ -189,8 +212,8 @@ def family_of(config: Any) -> ModelFamily:
     """The family a config belongs to (by its model_type)."""
     model_type = getattr(config, "model_type", "hubert")
     if model_type not in FAMILIES:
-        raise HubertExportError(f"model_type {model_type!r} is not supported: choose a checkpoint of "
-                                f"{', '.join(FAMILIES)}")
+        raise HubertExportError(f"model_type {model_type!r} is not supported: hubert-export exports "
+                                f"{' and '.join(FAMILIES)} checkpoints; point --model at one of those")
     return FAMILIES[model_type]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from hubert_export.audio import MIN_SAMPLES, NORM_EPS, AudioStream, FeatureExtractorConfig, chunk_spans
 from hubert_export.errors import HubertExportError
-from hubert_export.model import HubertConfig
+from hubert_export.model import load_config
 from hubert_export.tokenizer import CTCTokenizer
 
 log = logging.getLogger(__name__)
@@ -87,24 +87,28 @@ class Transcriber:
             if self.shape_range is not None and self.shape_range.min == self.shape_range.max:
                 # Built for one shape (LiteRT): every chunk runs through that window, zero-padded.
                 from hubert_export.runner import WindowRunner
-                from hubert_export.tasks import frame_axes, get_task
+                from hubert_export.tasks import family_of, frame_axes
 
                 self.window = self.shape_range.opt
+                ctc = family_of(self.config).task("ctc")
                 self.runner = WindowRunner(self.runner, self.window.batch, self.window.samples,
-                                           self.config.num_frames, frame_axes(get_task("ctc"), False)).activate()
+                                           self.config.num_frames, frame_axes(ctc, False)).activate()
         elif (self.source / "config.json").is_file():
-            from hubert_export.model import HubertForCTC
             from hubert_export.runner import EagerRunner
-            from hubert_export.tasks import get_task, infer_task
+            from hubert_export.tasks import family_of
 
-            config = HubertConfig.from_pretrained(self.source)
-            if infer_task(config) != "ctc":
+            config = load_config(self.source)
+            family = family_of(config)
+            ctc = family.task("ctc")
+            if family.infer_task(config) != "ctc":
+                backbone = family.task("feature-extraction").model_class.__name__
                 raise HubertExportError(
-                    f"checkpoint {self.source} is a {', '.join(config.architectures or ['HubertModel'])}, "
-                    "not a HubertForCTC: transcribe needs a fine-tuned CTC checkpoint (e.g. hubert-large-ls960-ft)")
+                    f"checkpoint {self.source} is a {', '.join(config.architectures or [backbone])}, "
+                    f"not a {ctc.model_class.__name__}: transcribe needs a fine-tuned CTC checkpoint "
+                    "(e.g. hubert-large-ls960-ft or wav2vec2-base-960h)")
             self._load_metadata("checkpoint")
-            model = HubertForCTC.from_pretrained(self.source)
-            self.runner = EagerRunner(model, get_task("ctc"), with_attention_mask=self.fe.return_attention_mask).activate()
+            model = ctc.model_class.from_pretrained(self.source)
+            self.runner = EagerRunner(model, ctc, with_attention_mask=self.fe.return_attention_mask).activate()
         elif not self.source.exists():
             raise HubertExportError(f"{self.source} does not exist: pass an artifact or a checkpoint directory")
         else:
@@ -117,7 +121,7 @@ class Transcriber:
             raise HubertExportError(
                 f"{kind} {self.source} has no vocab.json, so its CTC ids cannot be turned into text: use a "
                 "fine-tuned CTC checkpoint with its tokenizer files (artifacts copy them from the checkpoint)")
-        self.config = HubertConfig.from_pretrained(self.source)
+        self.config = load_config(self.source)
         self.fe = FeatureExtractorConfig.from_dir(self.source)
         self.tokenizer = CTCTokenizer.from_dir(self.source)
 

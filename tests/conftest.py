@@ -6,6 +6,7 @@ parity tests compare against its implementation.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +23,9 @@ TINY_BASE = dict(
 )
 TINY_LARGE = dict(TINY_BASE, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
                   num_conv_pos_embeddings=15)  # odd kernel: no trimmed frame
+# The released models' conv stack (stride 320, receptive field 400) at toy width.
+REAL_FRAMING = dict(conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2))
+CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|"] + list("ETAONIHSRDLUMWCFGYPBVK'XJQZ")
 
 
 def _transformers():
@@ -29,9 +33,11 @@ def _transformers():
 
 
 def save_reference_checkpoint(path: Path, architecture: str, seed: int = 0, **config_kwargs) -> Path:
+    """A random-init checkpoint of a transformers class (HubertForCTC, Wav2Vec2Model, ...), its family's config."""
     transformers = _transformers()
     torch.manual_seed(seed)
-    config = transformers.HubertConfig(**config_kwargs)
+    config_class = transformers.Wav2Vec2Config if architecture.startswith("Wav2Vec2") else transformers.HubertConfig
+    config = config_class(**config_kwargs)
     model = getattr(transformers, architecture)(config).eval()
     model.save_pretrained(path)
     return path
@@ -50,6 +56,15 @@ def large_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ctc_checkpoint(tmp_path_factory) -> Path:
     return save_reference_checkpoint(tmp_path_factory.mktemp("tiny-ctc"), "HubertForCTC", **TINY_BASE)
+
+
+@pytest.fixture(scope="session")
+def wav2vec2_ctc_checkpoint(tmp_path_factory) -> Path:
+    """A wav2vec2 CTC checkpoint (base layout) with the real 320-sample framing and a vocabulary, to transcribe."""
+    path = save_reference_checkpoint(tmp_path_factory.mktemp("tiny-wav2vec2-ctc"), "Wav2Vec2ForCTC",
+                                     **dict(TINY_BASE, vocab_size=len(CTC_VOCAB), **REAL_FRAMING))
+    (path / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(CTC_VOCAB)}))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -126,15 +126,19 @@ def test_cli_bad_input(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_transformers_baseline_opens_through_its_opener(ctc_checkpoint):
+@pytest.mark.parametrize("checkpoint, class_name", [("ctc_checkpoint", "HubertForCTC"),
+                                                     ("wav2vec2_ctc_checkpoint", "Wav2Vec2ForCTC")])
+def test_transformers_baseline_opens_through_its_opener(checkpoint, class_name, request):
     """benchmarks/baselines.py: transformers' eager model as a subject, opened like any other."""
     pytest.importorskip("transformers")
     from hubert_export.bench import open_subject
 
+    checkpoint = request.getfixturevalue(checkpoint)
     baselines = _benchmarks_module("baselines")
-    subject = baselines.transformers_subject("transformers-eager", ctc_checkpoint)
-    eager = Subject("eager", "eager", str(ctc_checkpoint))
+    subject = baselines.transformers_subject("transformers-eager", checkpoint)
+    eager = Subject("eager", "eager", str(checkpoint))
     x = {"input_values": np.random.default_rng(0).standard_normal((1, 4000)).astype(np.float32)}
     with open_subject(subject) as theirs, open_subject(eager) as ours:
+        assert theirs.class_name == class_name and type(ours.model).__name__ == class_name
         assert theirs.load_seconds is not None and theirs.load_seconds >= 0
         np.testing.assert_allclose(theirs.infer(x)["logits"], ours.infer(x)["logits"], atol=1e-4)

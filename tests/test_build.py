@@ -152,3 +152,19 @@ def test_missing_model_directory_is_bad_input(tmp_path):
         export_artifact(tmp_path / "nowhere", tmp_path / "out", default_recipe("onnx"))
     assert info.value.exit_code == EXIT_BAD_INPUT
     assert not (tmp_path / "out").exists()
+
+
+def test_wav2vec2_large_layout_exports_to_onnx_runtime_and_passes_the_gate(tmp_path):
+    """wav2vec2-large-lv60's layout (LayerNorm conv stack with bias, pre-LN) with its attention mask."""
+    transformers = pytest.importorskip("transformers")
+    from .conftest import TINY_LARGE, save_reference_checkpoint
+
+    checkpoint = save_reference_checkpoint(tmp_path / "ck", "Wav2Vec2ForCTC", **TINY_LARGE)
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(checkpoint)
+    result = export_artifact(checkpoint, tmp_path / "onnx", default_recipe("onnx"), latency_repeats=0)
+    assert result.passed, result.report.failures
+    assert result.report.worst()["max_abs_error"] < 1e-4
+    manifest = Artifact.open(tmp_path / "onnx").manifest
+    assert manifest["source"]["architecture"] == "Wav2Vec2ForCTC" and manifest["task"] == "ctc"
+    assert [i["name"] for i in manifest["io"]["inputs"]] == ["input_values", "attention_mask"]
+    assert check_artifact(tmp_path / "onnx", latency_repeats=0).passed

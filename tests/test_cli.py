@@ -108,3 +108,41 @@ def test_attention_mask_flag_sets_the_exported_inputs(tmp_path, capsys):
         assert [i["name"] for i in manifest["io"]["inputs"]] == inputs[choice]
         assert [o.name for o in graph.output] == ["logits"]
     assert inputs == {"auto": ["input_values", "attention_mask"], "false": ["input_values"]}
+
+
+def test_wav2vec2_ctc_checkpoint_builds_checks_and_transcribes(wav2vec2_ctc_checkpoint, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    from hubert_export.parity import _speech_like
+
+    out = tmp_path / "artifact"
+    code, stdout, _ = _run(capsys, "--target", "onnx", "--model", wav2vec2_ctc_checkpoint, "--output", out,
+                           "--latency-repeats", "0")
+    assert code == 0 and "parity     PASS" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "ctc" and manifest["source"]["architecture"] == "Wav2Vec2ForCTC"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "wav2vec2"
+    code, stdout, _ = _run(capsys, "check", out, "--quiet", "--latency-repeats", "0")
+    assert code == 0 and stdout.startswith("parity PASS")
+
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, 0.1 * _speech_like(np.random.default_rng(0), 40_000), 16_000)
+    texts = []
+    for source in (out, wav2vec2_ctc_checkpoint):  # the artifact through ONNX Runtime, the checkpoint eager
+        code, stdout, _ = _run(capsys, "transcribe", source, clip, "--quiet")
+        assert code == 0
+        texts.append(stdout)
+    assert texts[0] == texts[1] and texts[0].strip()
+
+
+@pytest.mark.parametrize("model_type", ["data2vec-audio", "wavlm"])
+def test_unsupported_model_types_are_refused_in_one_line(model_type, tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    config_class = {"data2vec-audio": transformers.Data2VecAudioConfig, "wavlm": transformers.WavLMConfig}[model_type]
+    config_class(hidden_size=32, num_attention_heads=4, num_conv_pos_embedding_groups=4).save_pretrained(tmp_path / "ck")
+    code, stdout, stderr = _run(capsys, "--target", "onnx", "--model", tmp_path / "ck", "--output", tmp_path / "out",
+                                "--quiet")
+    assert code == 2 and stdout == "" and not (tmp_path / "out").exists()
+    assert stderr.startswith(f"hubert-export: error: model_type '{model_type}' is not supported (")
+    assert "exports hubert and wav2vec2 checkpoints" in stderr and stderr.count("\n") == 1

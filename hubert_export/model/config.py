@@ -3,6 +3,9 @@
 It reads and writes the Hugging Face `config.json`. Keys this class does not know (fields of newer
 or older `transformers` releases, training bookkeeping) are kept in `extra` and written back
 unchanged, so a round trip through hubert-export never loses information.
+
+`Wav2Vec2Config` is the same for wav2vec 2.0 checkpoints (`model_type: "wav2vec2"`), whose
+inference network is HuBERT's; `load_config` picks the class from config.json's `model_type`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hubert_export.errors import HubertExportError
 
@@ -77,6 +80,12 @@ class HubertConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     model_type = "hubert"
+    # Fields that this family's config.json does not have: they keep their defaults, and a value
+    # config.json gives them stays in `extra`, unread, as transformers leaves it.
+    fixed_fields: ClassVar[tuple[str, ...]] = ()
+    # SpecAugment (training only): draw time-mask spans inside each row's real length (the padded
+    # length otherwise), as transformers' model of this family does.
+    mask_spans_within_lengths = False
 
     def __post_init__(self) -> None:
         self.conv_dim = tuple(self.conv_dim)
@@ -124,7 +133,23 @@ class HubertConfig:
     # -------------------------------------------------------------------------------- validation
     def validate(self) -> None:
         def bad(msg: str) -> HubertExportError:
-            return HubertExportError(f"invalid HubertConfig: {msg}: fix the value in config.json")
+            return HubertExportError(f"invalid {type(self).__name__}: {msg}: fix the value in config.json")
+
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in self.fixed_fields:
+            if getattr(self, name) != defaults[name]:
+                raise HubertExportError(f"{type(self).__name__} has no {name}: {self.model_type} models always "
+                                        f"compute as {name}={defaults[name]!r}; leave it at that")
+        # Adapters add layers this model does not have: wav2vec2's convolutional adapter after the
+        # encoder (add_adapter) and MMS's per-language attention adapters (adapter_attn_dim, which
+        # transformers' HuBERT honours too). Refused rather than silently dropped.
+        for name, what in (("add_adapter", "a convolutional adapter after the encoder"),
+                           ("adapter_attn_dim", "attention adapters in every layer, as MMS has")):
+            value = getattr(self, name, self.extra.get(name))
+            if value not in (None, False):
+                raise HubertExportError(
+                    f"{self.model_type} checkpoints with {name}={value!r} ({what}) are not supported: "
+                    "export a checkpoint without adapters")
 
         n = len(self.conv_dim)
         if n == 0 or len(self.conv_stride) != n or len(self.conv_kernel) != n:
@@ -181,16 +206,17 @@ class HubertConfig:
             raise HubertExportError("invalid HubertConfig: config.json must hold a JSON object: restore the "
                                     "checkpoint's config.json")
         data = dict(data)
-        model_type = data.pop("model_type", "hubert")
-        if model_type not in ("hubert", None):
+        model_type = data.pop("model_type", cls.model_type)
+        if model_type not in (cls.model_type, None):
             raise HubertExportError(
-                f"config.json has model_type {model_type!r}, not 'hubert': point --model at a HuBERT checkpoint"
+                f"config.json has model_type {model_type!r}, not {cls.model_type!r}: load the checkpoint with "
+                f"the {model_type} classes, or read its config with hubert_export.load_config"
             )
         # Hugging Face derives num_labels from id2label; a config may carry either.
         num_labels = data.pop("num_labels", None)
         data.pop("label2id", None)
         data.pop("num_feat_extract_layers", None)  # derived from conv_dim
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"} - set(cls.fixed_fields)
         kwargs = {k: data.pop(k) for k in list(data) if k in known}
         if "id2label" in kwargs and kwargs["id2label"] is None:
             del kwargs["id2label"]
@@ -205,7 +231,7 @@ class HubertConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
         for f in dataclasses.fields(self):
-            if f.name == "extra":
+            if f.name == "extra" or f.name in self.fixed_fields:
                 continue
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
@@ -217,21 +243,67 @@ class HubertConfig:
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path) -> HubertConfig:
-        path = Path(checkpoint_dir)
-        if path.is_dir():
-            path = path / CONFIG_NAME
-        if not path.is_file():
-            raise HubertExportError(
-                f"no {CONFIG_NAME} in {path.parent}: point at a Hugging Face checkpoint directory "
-                "(config.json + model.safetensors)"
-            )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HubertExportError(f"{path} is not valid JSON ({exc}): restore the checkpoint's config.json") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_config_json(checkpoint_dir))
 
     def save_pretrained(self, checkpoint_dir: str | Path) -> None:
         path = Path(checkpoint_dir)
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+@dataclass
+class Wav2Vec2Config(HubertConfig):
+    """wav2vec 2.0's config (Hugging Face `Wav2Vec2Config`): HuBERT's fields, same names and defaults.
+
+    HuBERT took wav2vec 2.0's network and changed only its training target, so the inference graph
+    is the same. What differs in the config: wav2vec 2.0 always layer-normalises the features
+    before projecting them and has no batch-normed positional convolution (`feat_proj_layer_norm`
+    and `conv_pos_batch_norm` are HuBERT's fields, fixed here at True and False), and it has
+    adapters, which are refused. Its pretraining fields (codevectors, negatives, ...) and the
+    x-vector head's (tdnn_*) stay in `extra`.
+    """
+
+    add_adapter: bool = False
+    adapter_attn_dim: int | None = None
+
+    model_type = "wav2vec2"
+    fixed_fields = ("feat_proj_layer_norm", "conv_pos_batch_norm")
+    mask_spans_within_lengths = True  # Wav2Vec2Model passes its frame mask to the span sampler
+
+
+# config.json's model_type -> config class. One line per family (tasks.FAMILIES has the rest).
+CONFIG_CLASSES: dict[str, type[HubertConfig]] = {"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config}
+
+# Relatives of wav2vec 2.0 whose networks differ from this one, and how (named in the refusal).
+UNSUPPORTED_MODEL_TYPES = {
+    "data2vec-audio": "its positional embedding is a stack of 5 layer-normed convolutions",
+    "wavlm": "its attention adds a gated relative position bias",
+}
+
+
+def read_config_json(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """config.json of a checkpoint (or the file itself) as a dict; one-line errors when absent or broken."""
+    path = Path(checkpoint_dir)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise HubertExportError(
+            f"no {CONFIG_NAME} in {path.parent}: point at a Hugging Face checkpoint directory "
+            "(config.json + model.safetensors)"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HubertExportError(f"{path} is not valid JSON ({exc}): restore the checkpoint's config.json") from None
+
+
+def load_config(checkpoint_dir: str | Path) -> HubertConfig:
+    """The config of a checkpoint, of the class its `model_type` names (a config without one is HuBERT's)."""
+    data = read_config_json(checkpoint_dir)
+    model_type = (data.get("model_type") or "hubert") if isinstance(data, dict) else "hubert"
+    if model_type not in CONFIG_CLASSES:
+        why = f" ({UNSUPPORTED_MODEL_TYPES[model_type]})" if model_type in UNSUPPORTED_MODEL_TYPES else ""
+        raise HubertExportError(
+            f"model_type {model_type!r} is not supported{why}: hubert-export exports "
+            f"{' and '.join(CONFIG_CLASSES)} checkpoints; point --model at one of those")
+    return CONFIG_CLASSES[model_type].from_dict(data)

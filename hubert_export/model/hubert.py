@@ -8,6 +8,7 @@ and `save_pretrained`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from hubert_export.model.config import HubertConfig
 from hubert_export.model.encoder import HubertEncoder, WeightNormConv1d
 from hubert_export.model.feature_encoder import HubertFeatureEncoder, HubertFeatureProjection, frame_lengths
 from hubert_export.model.masking import compute_mask_indices
+
+log = logging.getLogger(__name__)
 
 
 class ModelOutput:
@@ -56,6 +59,12 @@ class SequenceClassifierOutput(CausalLMOutput):
 
 class HubertPreTrainedModel(nn.Module):
     config: HubertConfig
+    config_class: type[HubertConfig] = HubertConfig
+    # Where the checkpoint's head classes keep the backbone (transformers' base_model_prefix); this
+    # model keeps it under `hubert` in every family, and weights.py maps the names both ways.
+    base_model_prefix = "hubert"
+    # Weights of the checkpoint's pretraining objective that inference never reads: ignored on load.
+    pretraining_prefixes: tuple[str, ...] = ()
 
     def __init__(self, config: HubertConfig) -> None:
         super().__init__()
@@ -121,14 +130,23 @@ class HubertPreTrainedModel(nn.Module):
         weight is an error listing it (unless strict=False). The model is returned in eval mode.
         """
         checkpoint_dir = Path(checkpoint_dir)
-        config = HubertConfig.from_pretrained(checkpoint_dir)
+        config = cls.config_class.from_pretrained(checkpoint_dir)
         state = weights.load_checkpoint_state(checkpoint_dir)
+        pretraining = [k for k in state if k.startswith(cls.pretraining_prefixes)]
+        if pretraining:
+            found = [p + "*" for p in cls.pretraining_prefixes if any(k.startswith(p) for k in pretraining)]
+            log.warning(f"ignoring {len(pretraining)} weights of {config.model_type}'s pretraining objective "
+                        f"({', '.join(found)}): inference does not use them")
+            state = {k: v for k, v in state.items() if not k.startswith(cls.pretraining_prefixes)}
         # Build on the meta device: parameters are then bound to the checkpoint's (memory-mapped)
         # tensors instead of allocating and initialising a second copy.
         with torch.device("meta"):
             model = cls(config)
-        expected = model.state_dict()
-        state, _dropped_head = weights.match_prefix(state, set(expected))
+        # Matched in the checkpoint's names (wav2vec 2.0 keeps the backbone under `wav2vec2.`), so
+        # that every error names a weight as the checkpoint spells it.
+        prefix = cls.base_model_prefix + "."
+        expected = {weights.checkpoint_name(k, prefix): v for k, v in model.state_dict().items()}
+        state, _dropped_head = weights.match_prefix(state, set(expected), prefix)
         missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in state if k not in expected]
         head_only = [k for k in missing if k.startswith(weights.HEAD_PREFIXES)]
@@ -155,7 +173,7 @@ class HubertPreTrainedModel(nn.Module):
                 state[key] = tensor.to(dtype)
         for key in head_only:
             state[key] = model._init_parameter(key, expected[key].shape)
-        model.load_state_dict(state, strict=False, assign=True)
+        model.load_state_dict({weights.model_name(k, prefix): v for k, v in state.items()}, strict=False, assign=True)
         # num_batches_tracked is optional in checkpoints; any buffer still on meta gets its default.
         for module in model.modules():
             for name, buffer in list(module.named_buffers(recurse=False)):
@@ -174,7 +192,7 @@ class HubertPreTrainedModel(nn.Module):
             raise HubertExportError("this model's weight norm was folded for export: save the original model instead")
         config = dataclasses.replace(self.config, architectures=[type(self).__name__])
         config.save_pretrained(checkpoint_dir)
-        state = weights.to_checkpoint_state(self.state_dict())
+        state = weights.to_checkpoint_state(self.state_dict(), self.base_model_prefix + ".")
         save_file(state, str(checkpoint_dir / weights.SAFETENSORS_NAME), metadata={"format": "pt"})
 
     def feature_vector_mask(self, num_frames: int, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -200,6 +218,7 @@ class HubertModel(HubertPreTrainedModel):
         self,
         hidden_states: torch.Tensor,
         mask_time_indices: torch.Tensor | None,
+        frame_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """SpecAugment: explicit `mask_time_indices` always apply; random masks only in training."""
         config = self.config
@@ -207,10 +226,11 @@ class HubertModel(HubertPreTrainedModel):
             return hidden_states
         B, T, D = hidden_states.shape
         if mask_time_indices is None and config.mask_time_prob > 0 and self.training:
-            # Like transformers' HuBERT, spans are drawn over the padded length (no attention mask),
-            # so that a seeded run masks the same frames as the reference implementation.
+            # Like transformers, spans are drawn over the padded length for HuBERT and inside each
+            # row's length for wav2vec 2.0, so that a seeded run masks the reference's frames.
+            lengths = frame_mask if config.mask_spans_within_lengths else None
             mask_time_indices = torch.from_numpy(compute_mask_indices(
-                (B, T), config.mask_time_prob, config.mask_time_length, None, config.mask_time_min_masks,
+                (B, T), config.mask_time_prob, config.mask_time_length, lengths, config.mask_time_min_masks,
             )).to(hidden_states.device)
         if mask_time_indices is not None:
             if self.masked_spec_embed is None:
@@ -238,7 +258,7 @@ class HubertModel(HubertPreTrainedModel):
         if attention_mask is not None:
             frame_mask = self.feature_vector_mask(features.shape[1], attention_mask)
         hidden_states = self.feature_projection(features)  # (B, T, D)
-        hidden_states = self._mask_hidden_states(hidden_states, mask_time_indices)
+        hidden_states = self._mask_hidden_states(hidden_states, mask_time_indices, frame_mask)
         last_hidden_state, all_hidden_states, attentions = self.encoder(
             hidden_states, frame_mask, bool(output_attentions), bool(output_hidden_states)
         )

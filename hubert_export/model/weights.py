@@ -4,7 +4,10 @@ Module and parameter names follow `transformers` exactly, so the mapping is shor
   * the positional convolution's weight norm is stored either as `weight_g` / `weight_v` (older
     checkpoints) or `parametrizations.weight.original0` / `original1` (transformers >= 4.35): both
     load into `weight_g` / `weight_v`, and saving writes the newer names;
-  * head classes keep the backbone under `hubert.`; a backbone checkpoint has no prefix.
+  * head classes keep the backbone under `hubert.`; a backbone checkpoint has no prefix;
+  * wav2vec 2.0's head classes keep the same backbone under `wav2vec2.` (its `base_model_prefix`):
+    it is read into `hubert.` and written back as `wav2vec2.`, so that transformers loads what
+    `save_pretrained` writes. Every other name is the same in both families.
 
 Formats, safest first: `model.safetensors` (memory-mapped, no copy), a sharded
 `model.safetensors.index.json`, then `pytorch_model.bin` (sharded or not) through
@@ -29,7 +32,7 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_BIN_NAME = "pytorch_model.bin"
 TORCH_BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 
-BACKBONE_PREFIX = "hubert."
+BACKBONE_PREFIX = "hubert."  # where this model's head classes keep the backbone, whatever the family
 # Names of head parameters: what a backbone lacks and a head class adds.
 HEAD_PREFIXES = ("lm_head.", "projector.", "classifier.", "layer_weights")
 
@@ -134,9 +137,20 @@ def load_checkpoint_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     return {_rename(key, _RENAMES_ON_LOAD): tensor for key, tensor in state.items()}
 
 
-def to_checkpoint_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """This model's state dict under the names transformers >= 4.35 writes."""
-    return {_rename(key, _RENAMES_ON_SAVE): tensor.detach().contiguous() for key, tensor in state.items()}
+def to_checkpoint_state(state: dict[str, torch.Tensor], backbone_prefix: str = BACKBONE_PREFIX) -> dict[str, torch.Tensor]:
+    """This model's state dict under the names transformers >= 4.35 writes, the backbone under `backbone_prefix`."""
+    return {_rename(checkpoint_name(key, backbone_prefix), _RENAMES_ON_SAVE): tensor.detach().contiguous()
+            for key, tensor in state.items()}
+
+
+def checkpoint_name(key: str, backbone_prefix: str) -> str:
+    """This model's parameter name as a checkpoint whose head classes use `backbone_prefix` spells it."""
+    return backbone_prefix + key[len(BACKBONE_PREFIX):] if key.startswith(BACKBONE_PREFIX) else key
+
+
+def model_name(key: str, backbone_prefix: str) -> str:
+    """A checkpoint's parameter name (backbone under `backbone_prefix`) as this model spells it."""
+    return BACKBONE_PREFIX + key[len(backbone_prefix):] if key.startswith(backbone_prefix) else key
 
 
 def _rename(key: str, renames: dict[str, str]) -> str:
@@ -146,21 +160,25 @@ def _rename(key: str, renames: dict[str, str]) -> str:
     return key
 
 
-def match_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Move checkpoint keys under or out of `hubert.` to meet the model's names.
+def match_prefix(state: dict[str, torch.Tensor], expected: set[str],
+                 backbone_prefix: str = BACKBONE_PREFIX) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Move checkpoint keys under or out of `backbone_prefix` to meet the `expected` names.
 
-    Returns the renamed state and the head weights dropped because the model has no head (a CTC
-    checkpoint loaded as a bare HubertModel for feature extraction).
+    Both sides are in the checkpoint's names: head classes keep the backbone under `hubert.`, or
+    `wav2vec2.` for wav2vec 2.0. A key moves under the prefix only where that makes it an expected
+    name, so an unexpected key keeps the checkpoint's spelling. Returns the renamed state and the
+    head weights dropped because the model has no head (a CTC checkpoint loaded as a bare backbone
+    for feature extraction).
     """
-    model_has_prefix = any(k.startswith(BACKBONE_PREFIX) for k in expected)
+    model_has_prefix = any(k.startswith(backbone_prefix) for k in expected)
     renamed: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, tensor in state.items():
-        has_prefix = key.startswith(BACKBONE_PREFIX)
-        if model_has_prefix and not has_prefix and not key.startswith(HEAD_PREFIXES):
-            key = BACKBONE_PREFIX + key
+        has_prefix = key.startswith(backbone_prefix)
+        if model_has_prefix and not has_prefix and backbone_prefix + key in expected:
+            key = backbone_prefix + key
         elif not model_has_prefix and has_prefix:
-            key = key[len(BACKBONE_PREFIX):]
+            key = key[len(backbone_prefix):]
         elif not model_has_prefix and key.startswith(HEAD_PREFIXES):
             dropped.append(key)
             continue

@@ -78,3 +78,49 @@ def test_frame_arithmetic():
     assert config.receptive_field == 400
     assert config.inputs_to_logits_ratio == 320
     assert config.num_frames(400) == 1 and config.num_frames(16000) == 49 and config.num_frames(399) == 0
+
+
+def test_wav2vec2_defaults_match_transformers_and_round_trip(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from hubert_export import Wav2Vec2Config, load_config
+
+    reference, ours = transformers.Wav2Vec2Config().to_dict(), Wav2Vec2Config().to_dict()
+    shared = [k for k in ours if k in reference and k not in ("transformers_version", "architectures")]
+    assert len(shared) > 40 and "add_adapter" in shared and "adapter_attn_dim" in shared
+    for key in shared:  # as config.json has them (tuples as lists, label ids as strings)
+        assert json.loads(json.dumps(ours[key])) == json.loads(json.dumps(reference[key])), key
+    # wav2vec2's config.json has neither of HuBERT's feature-projection switches.
+    assert "feat_proj_layer_norm" not in ours and "conv_pos_batch_norm" not in ours
+    transformers.Wav2Vec2Config(hidden_size=48, num_attention_heads=3, num_conv_pos_embedding_groups=3,
+                                num_codevectors_per_group=7).save_pretrained(tmp_path)
+    config = load_config(tmp_path)
+    assert type(config) is Wav2Vec2Config and config.hidden_size == 48
+    assert config.extra["num_codevectors_per_group"] == 7  # pretraining fields are kept, unread
+    config.save_pretrained(tmp_path / "again")
+    assert transformers.Wav2Vec2Config.from_pretrained(tmp_path / "again").num_codevectors_per_group == 7
+    assert type(load_config(tmp_path / "again")) is Wav2Vec2Config
+
+
+@pytest.mark.parametrize("model_type, reason", [
+    ("data2vec-audio", "positional embedding is a stack of 5 layer-normed convolutions"),
+    ("wavlm", "gated relative position bias"),
+    ("unispeech-sat", None),
+])
+def test_other_model_types_are_refused_naming_the_supported_families(tmp_path, model_type, reason):
+    from hubert_export import load_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 64}))
+    with pytest.raises(HubertExportError) as info:
+        load_config(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"model_type {model_type!r} is not supported")
+    assert "exports hubert and wav2vec2 checkpoints" in message and "\n" not in message
+    assert reason is None or reason in message
+
+
+def test_config_without_model_type_is_hubert(tmp_path):
+    from hubert_export import load_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4,
+                                                      "num_conv_pos_embedding_groups": 4}))
+    assert type(load_config(tmp_path)) is HubertConfig
