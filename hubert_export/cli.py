@@ -213,7 +213,9 @@ def check_parser() -> argparse.ArgumentParser:
     ray = parser.add_argument_group("corpus check on Ray")
     _ray_option(ray, "check the --data corpus")
     ray.add_argument("--workers", type=_positive, metavar="N",
-                     help="actors per pool, the eager model's and each artifact's (default 1)")
+                     help="actors per artifact pool (default 1)")
+    ray.add_argument("--reference-workers", type=_positive, metavar="N",
+                     help="actors of the eager model's pool (default: --workers); it is often the slowest stage")
     ray.add_argument("--batch-size", type=_positive, metavar="N",
                      help="utterances per batch (default 1: the figures of the check without --ray; more: padded "
                           "batches, with the attention mask where the model takes one)")
@@ -348,7 +350,8 @@ def run_matrix(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return run_ray_check(args)
-    ray_only = [flag for flag, value in (("--workers", args.workers), ("--batch-size", args.batch_size),
+    ray_only = [flag for flag, value in (("--workers", args.workers), ("--reference-workers", args.reference_workers),
+                                         ("--batch-size", args.batch_size),
                                          ("--results-dir", args.results_dir), ("--no-bucketing", not args.bucketing),
                                          ("--cpus-per-worker", args.cpus_per_worker),
                                          ("--gpus-per-worker", args.gpus_per_worker)) if value]
@@ -411,7 +414,8 @@ def run_ray_check(args: argparse.Namespace) -> int:
 
         args.report_dir = Path(tempfile.mkdtemp(prefix="hubert-export-check-"))
     result = check_corpus(args.artifacts, args.data, address=args.ray, files=args.ray_files,
-                          workers=args.workers or 1, batch_size=args.batch_size or 1, bucketing=args.bucketing,
+                          workers=args.workers or 1, reference_workers=args.reference_workers,
+                          batch_size=args.batch_size or 1, bucketing=args.bucketing,
                           results_dir=args.results_dir, reference=args.reference,
                           corpus_options=_corpus_options(args), normalize=args.normalize,
                           latency_repeats=args.latency_repeats, cpus_per_worker=args.cpus_per_worker or 1.0,
@@ -422,6 +426,7 @@ def run_ray_check(args: argparse.Namespace) -> int:
         resumed = ", ".join(f"{n} of {label}" for label, n in result.resumed.items() if n)
         speed = f", {result.throughput:.1f} audio s/s" if result.throughput else ""
         print(f"corpus {result.utterances} utterances: {result.computed} checked in {result.batches} batches "
+              f"on {result.nodes} node(s) "
               f"({result.audio_seconds:.1f} s of audio in {result.corpus_seconds:.1f} s{speed}, padding "
               f"{result.padding_fraction:.1%})" + (f", resumed {resumed}" if resumed else "")
               + (f", {result.skipped} outside the length range" if result.skipped else ""))

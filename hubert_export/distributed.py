@@ -76,17 +76,17 @@ def connect(address: str | None = None) -> Any:
     if not ray.is_initialized():
         try:
             if address in (None, "local"):
-                ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
+                ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR,
                          log_to_driver=False)
             else:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise HubertExportError(f"cannot join the Ray cluster at {address} ({first}): start it with "
                                     "`ray start --head` or pass its address (HOST:PORT)") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # not its "progress bars disabled" notice
     return ray
 
 
@@ -262,6 +262,9 @@ class ArtifactWorker:
         self.column = column
         self.done = done
         self.calls = 0
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()[:12]  # which node ran it, for the run's summary
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
@@ -285,7 +288,7 @@ class ArtifactWorker:
         return member
 
     def _run(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        records = [item for item in payload["skipped"] if item["id"] not in self.done]
+        records = [{**item, "node": self.node} for item in payload["skipped"] if item["id"] not in self.done]
         for group in payload["groups"]:
             todo = [row for row, id_ in enumerate(group["ids"]) if id_ not in self.done]
             if not todo:
@@ -304,7 +307,8 @@ class ArtifactWorker:
                                        self._member(candidate, row, frames), output_names=group["output_names"],
                                        config=self.config, task=self.task, tokenizer=self.tokenizer,
                                        seconds=(group["seconds"] * share, seconds * share))
-                records.append({"index": group["indices"][row], "id": group["ids"][row], "outcome": outcome.to_dict()})
+                records.append({"index": group["indices"][row], "id": group["ids"][row], "node": self.node,
+                                "outcome": outcome.to_dict()})
         return records
 
 
@@ -423,7 +427,9 @@ class CorpusCheck:
     audio_seconds: float = 0.0  # of the utterances computed in this run (as run: cut to the range)
     padding_fraction: float = 0.0  # padded samples / all samples of this run's batches
     corpus_seconds: float = 0.0  # wall time of the corpus pipeline
+    first_result_seconds: float | None = None  # from its start to the first batch's results: mostly actor start-up
     batches: int = 0
+    nodes: int = 0  # Ray nodes whose artifact workers checked utterances in this run
 
     @property
     def passed(self) -> bool:
@@ -451,8 +457,9 @@ class CorpusCheck:
         return {"artifacts": {k: str(v) for k, v in self.artifacts.items()},
                 "passed": {k: r.passed for k, r in self.reports.items()}, "utterances": self.utterances,
                 "resumed": self.resumed, "computed": self.computed, "skipped": self.skipped,
-                "batches": self.batches, "audio_seconds": self.audio_seconds,
-                "corpus_seconds": self.corpus_seconds, "throughput": self.throughput,
+                "batches": self.batches, "nodes": self.nodes, "audio_seconds": self.audio_seconds,
+                "corpus_seconds": self.corpus_seconds, "first_result_seconds": self.first_result_seconds,
+                "throughput": self.throughput,
                 "padding_fraction": self.padding_fraction, "results_dir": str(self.results_dir)}
 
 
@@ -531,6 +538,7 @@ def check_corpus(
     address: str | None = None,
     files: str = "store",
     workers: int = 1,
+    reference_workers: int | None = None,
     batch_size: int = 1,
     bucketing: bool = True,
     results_dir: str | Path | None = None,
@@ -548,7 +556,9 @@ def check_corpus(
     """`check_artifact` of every artifact over the corpus `data`, on Ray (module docstring).
 
     `address`: None starts a local Ray unless this process already joined one; `files` "store" or
-    "shared" (how artifacts, checkpoints and audio reach the workers); `workers` actors per pool;
+    "shared" (how artifacts, checkpoints and audio reach the workers); `workers` actors per
+    artifact pool, `reference_workers` in the eager pool (default `workers`: the eager model is
+    often the slowest stage, so give it more);
     `batch_size` utterances per batch (1: the single-machine check's figures exactly; more: each
     utterance runs padded in a batch, with the attention mask where the model takes one), sorted
     into length buckets unless `bucketing` is False; `results_dir` holds the per-utterance results
@@ -557,8 +567,9 @@ def check_corpus(
     its intra-op threads (default: its CPUs), `worker_env` environment variables for the actors.
     Reports go to `report_dir` (one folder per artifact when there are several) and `junit`.
     """
-    if batch_size < 1 or workers < 1:
-        raise HubertExportError("--batch-size and --workers must be positive")
+    reference_workers = workers if reference_workers is None else reference_workers
+    if batch_size < 1 or workers < 1 or reference_workers < 1:
+        raise HubertExportError("--batch-size, --workers and --reference-workers must be positive")
     if files not in FILE_MODES:
         raise HubertExportError(f"--ray-files {files!r} is not one of {', '.join(FILE_MODES)}")
     ray = require_ray()
@@ -593,7 +604,7 @@ def check_corpus(
     try:
         if corpus is not None:
             _run_corpus(ray, subjects, corpus, options, data, result, files=files, workers=workers,
-                        batch_size=batch_size, bucketing=bucketing, cpus_per_worker=cpus_per_worker,
+                        reference_workers=reference_workers, batch_size=batch_size, bucketing=bucketing, cpus_per_worker=cpus_per_worker,
                         threads=threads, worker_env=worker_env)
         builtin_results = {label: ray.get(ref) for label, ref in builtin.items()}
     except Exception as exc:
@@ -633,7 +644,8 @@ def check_corpus(
 
 
 def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: CorpusOptions, data: str | Path,
-                result: CorpusCheck, *, files: str, workers: int, batch_size: int, bucketing: bool,
+                result: CorpusCheck, *, files: str, workers: int, reference_workers: int, batch_size: int,
+                bucketing: bool,
                 cpus_per_worker: float, threads: int, worker_env: dict[str, str] | None) -> None:
     """The corpus part: plan, resume, run the pipeline, append results (fills `result`)."""
     from hubert_export.audio import FeatureExtractorConfig
@@ -657,6 +669,7 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
     start = time.perf_counter()
     real = padded = 0
     audio_seconds = 0.0
+    nodes = set()
     for (_, task, with_mask, hidden, min_samples, max_samples), members in groups.items():
         pending = [i for i, u in enumerate(utterances) if any(u.id not in s.results.records for s in members)]
         if not pending:
@@ -665,7 +678,8 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
         lengths = [min(_estimated_samples(utterances[i], rate), max_samples) for i in pending]
         batches = plan_batches(lengths, batch_size, bucketing)
         log.info(f"corpus: {len(pending)} of {len(utterances)} utterances to check in {len(batches)} batches "
-                 f"(estimated padding {padding_fraction(lengths, batches):.1%}), {workers} worker(s) per pool")
+                 f"(estimated padding {padding_fraction(lengths, batches):.1%}), {reference_workers} eager and {workers} "
+                 "artifact worker(s) per pool")
         rows = []
         for number, batch in enumerate(batches):
             members_data = []
@@ -687,7 +701,7 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
         dataset = dataset.map_batches(
             ReferenceWorker, fn_constructor_kwargs={"checkpoint": members[0].checkpoint, "spec": spec,
                                                     "threads": threads},
-            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=reference_workers),
             num_cpus=cpus_per_worker, **remote_args)
         for subject in members:
             dataset = dataset.map_batches(
@@ -703,17 +717,21 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
                 for record in json.loads(row[subject.column]):
                     if subject.results.add(record):
                         computed.add(record["id"])
+                        nodes.add(record["node"])
                         if "skipped" in record:
                             result.skipped += 1
                 subject.results.sync()
             result.computed += len(computed)
             result.batches += 1
+            if result.first_result_seconds is None:
+                result.first_result_seconds = time.perf_counter() - start
             real += int(row["real"])
             padded += int(row["padded"])
             audio_seconds += int(row["real"]) / rate
             hold_at_step("ray-results")  # a test holds the run here to interrupt it after one batch
     result.corpus_seconds = time.perf_counter() - start
     result.audio_seconds = audio_seconds
+    result.nodes = len(nodes)
     result.padding_fraction = padded / (real + padded) if real + padded else 0.0
 
 
