@@ -86,7 +86,9 @@ def connect(address: str | None = None) -> Any:
                                     "`ray start --head` or pass its address (HOST:PORT)") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # not its "progress bars disabled" notice
+    # Not its notices ("progress bars disabled") nor its report of a failed batch: the error itself
+    # is raised here, once, as one line (a worker's bad input comes back as data).
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     return ray
 
 
@@ -170,6 +172,16 @@ def _worker_threads(threads: int | None, cpus: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------ workers
+def _failure(exc: HubertExportError, *copies: Files) -> dict[str, Any]:
+    """A worker's bad-input error as data, which the driver raises as it is (Ray would wrap it),
+    naming the driver's folders rather than this node's copies of them."""
+    message = str(exc)
+    for files in copies:
+        if files.ref is not None:
+            message = message.replace(str(Path(tempfile.gettempdir()) / "hubert-export-ray" / files.digest), files.path)
+    return {"error": message, "exit_code": exc.exit_code}
+
+
 def _utterance(member: dict[str, Any]) -> Utterance:
     path = member["path"]
     return Utterance(member["id"], member["text"], member["origin"], path=Path(path) if path else None,
@@ -187,20 +199,27 @@ class ReferenceWorker:
         from hubert_export.runner import EagerRunner
 
         torch.set_num_threads(threads)
-        model_dir = checkpoint.local()
-        _, task, model = load_model(model_dir, spec["task"])
-        self.fe = FeatureExtractorConfig.from_dir(model_dir)
         self.spec = spec
-        self.runner = EagerRunner(model, task, with_attention_mask=spec["with_mask"],
-                                  output_hidden_states=spec["hidden"]).activate()
+        self.error: dict[str, Any] | None = None  # bad input is data for the driver, not a crash to retry
+        try:
+            model_dir = checkpoint.local()
+            _, task, model = load_model(model_dir, spec["task"])
+            self.fe = FeatureExtractorConfig.from_dir(model_dir)
+            self.runner = EagerRunner(model, task, with_attention_mask=spec["with_mask"],
+                                      output_hidden_states=spec["hidden"]).activate()
+        except HubertExportError as exc:
+            self.error = _failure(exc, checkpoint)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         payloads, real, padded = [], [], []
         for members in batch["members"]:
-            payload = self._run(pickle.loads(members))
+            try:
+                payload = self.error or self._run(pickle.loads(members))
+            except HubertExportError as exc:
+                payload = _failure(exc)
             payloads.append(pickle.dumps(payload, protocol=5))
-            real.append(payload["real"])
-            padded.append(payload["padded"])
+            real.append(payload.get("real", 0))
+            padded.append(payload.get("padded", 0))
         return {"batch": batch["batch"], "payload": np.array(payloads, dtype=object),
                 "real": np.array(real, dtype=np.int64), "padded": np.array(padded, dtype=np.int64)}
 
@@ -250,15 +269,20 @@ class ArtifactWorker:
         from hubert_export.tasks import family_of, frame_axes
         from hubert_export.tokenizer import CTCTokenizer
 
-        artifact = Artifact.open(files.local())
-        artifact.verify_files()
-        manifest = artifact.manifest
-        recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/{MANIFEST_NAME}")
-        self.config = HubertConfig.from_pretrained(artifact.path)
-        self.task = manifest["task"]
-        self.frame_axes = frame_axes(family_of(self.config).task(self.task), recipe.export.output_hidden_states)
-        self.tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
-        self.runner = get_backend(artifact.target).load(artifact, threads=threads).activate()
+        self.error: dict[str, Any] | None = None
+        try:
+            artifact = Artifact.open(files.local())
+            artifact.verify_files()
+            manifest = artifact.manifest
+            recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/{MANIFEST_NAME}")
+            self.config = HubertConfig.from_pretrained(artifact.path)
+            self.task = manifest["task"]
+            self.frame_axes = frame_axes(family_of(self.config).task(self.task), recipe.export.output_hidden_states)
+            self.tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
+            self.runner = get_backend(artifact.target).load(artifact, threads=threads).activate()
+        except HubertExportError as exc:
+            self.error = _failure(exc, files)
+        self.files = files
         self.column = column
         self.done = done
         self.calls = 0
@@ -272,8 +296,18 @@ class ArtifactWorker:
         if marker and self.calls == 2 and not os.path.exists(marker):  # mid-run: after a first batch
             Path(marker).touch()
             os._exit(1)
-        batch[self.column] = np.array([json.dumps(self._run(pickle.loads(p))) for p in batch["payload"]],
-                                      dtype=object)
+        column = []
+        for blob in batch["payload"]:
+            payload = pickle.loads(blob)
+            failure = self.error or (payload if "error" in payload else None)  # this worker's, or the eager stage's
+            if failure is None:
+                try:
+                    column.append(json.dumps({"records": self._run(payload)}))
+                    continue
+                except HubertExportError as exc:
+                    failure = _failure(exc, self.files)
+            column.append(json.dumps({"error": failure["error"], "exit_code": failure["exit_code"]}))
+        batch[self.column] = np.array(column, dtype=object)
         return batch
 
     def _member(self, outputs: dict[str, np.ndarray], row: int, frames: int) -> dict[str, np.ndarray]:
@@ -319,7 +353,11 @@ def _builtin_check(files: Files, checkpoint: Files, latency_repeats: int, thread
     from hubert_export.build import verify_artifact
 
     torch.set_num_threads(threads)
-    verification = verify_artifact(files.local(), reference=checkpoint.local(), latency_repeats=latency_repeats)
+    try:
+        verification = verify_artifact(files.local(), reference=checkpoint.local(), latency_repeats=latency_repeats)
+    except HubertExportError as exc:
+        failure = _failure(exc, files, checkpoint)
+        raise HubertExportError(failure["error"], exit_code=failure["exit_code"]) from None
     return {"outcomes": [o.to_dict() for o in verification.outcomes], "latency": verification.report.latency,
             "thresholds": verification.thresholds}
 
@@ -572,7 +610,7 @@ def check_corpus(
         raise HubertExportError("--batch-size, --workers and --reference-workers must be positive")
     if files not in FILE_MODES:
         raise HubertExportError(f"--ray-files {files!r} is not one of {', '.join(FILE_MODES)}")
-    ray = require_ray()
+    require_ray()
     subjects = _open_subjects(artifacts, reference)
     for subject in subjects:
         if batch_size > subject.max_batch:
@@ -581,7 +619,9 @@ def check_corpus(
                                     f"{subject.max_batch} or less")
     corpus = read_corpus(data, corpus_options) if data is not None else None
     options = corpus_options or CorpusOptions()
-    results_dir = Path(results_dir) if results_dir is not None else Path(tempfile.mkdtemp(prefix="hubert-export-results-"))
+    if results_dir is None:
+        results_dir = tempfile.mkdtemp(prefix="hubert-export-results-") if corpus is not None else "."
+    results_dir = Path(results_dir)
     ray = connect(address)
     result = CorpusCheck({}, {s.label: s.artifact.path for s in subjects}, results_dir)
     threads = _worker_threads(threads, cpus_per_worker)
@@ -714,7 +754,10 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
         for row in dataset.iter_rows():
             computed = set()
             for subject in members:
-                for record in json.loads(row[subject.column]):
+                outcome = json.loads(row[subject.column])
+                if "error" in outcome:
+                    raise HubertExportError(outcome["error"], exit_code=outcome["exit_code"])
+                for record in outcome["records"]:
                     if subject.results.add(record):
                         computed.add(record["id"])
                         nodes.add(record["node"])

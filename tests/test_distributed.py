@@ -111,9 +111,11 @@ def test_results_file_drops_a_torn_line_keeps_ids_once_and_refuses_another_run(t
 
 
 # ------------------------------------------------------------------------------------------ on a local Ray
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """A local Ray of 2 CPUs for the session (workers inherit this process's environment)."""
+    """A local Ray of 2 CPUs, started once for the Ray tests (this module: no other uses Ray) and
+    stopped after them, so its processes do not share the cores with the rest of the suite.
+    Its workers inherit this process's environment (PYTHONPATH: this checkout)."""
     ray = pytest.importorskip("ray", reason="the Ray tests need the [ray] extra")
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -265,6 +267,22 @@ def test_a_driver_killed_mid_run_resumes_from_its_results(local_ray, shipped_onn
     assert result.resumed == {"tiny-onnx": 1} and result.computed == len(CLIPS) - 1
     single = _single(shipped_onnx, nemo_corpus)
     assert _figures(result.reports["tiny-onnx"]) == _figures(single)
+
+
+@pytest.mark.slow  # 15 s: a fresh actor pool
+def test_bad_audio_on_a_worker_is_one_line_naming_the_manifest_line(local_ray, shipped_onnx, nemo_corpus, tmp_path):
+    from hubert_export.distributed import check_corpus
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(nemo_corpus.parent, corpus)
+    (corpus / "utt05.flac").write_bytes(b"not audio")
+    with pytest.raises(HubertExportError) as info:
+        check_corpus([shipped_onnx], corpus / "manifest.jsonl", results_dir=tmp_path / "results", latency_repeats=0)
+    assert str(info.value).startswith(f"cannot read audio of {corpus / 'manifest.jsonl'} line 3 (")
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+    # a checkpoint that is not there names the driver's path, not a worker's copy
+    with pytest.raises(HubertExportError, match=f"checkpoint {SPEECH_DIR} has no config.json"):
+        check_corpus([shipped_onnx], None, reference=SPEECH_DIR, latency_repeats=0)
 
 
 def test_a_matrix_of_two_recipes_builds_both(local_ray, tmp_path, capsys):
