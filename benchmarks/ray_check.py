@@ -17,8 +17,10 @@ Lines manifest. Measured, in this order and on the same machine:
 For each: audio seconds checked, wall seconds of the corpus part (Ray: the pipeline, actor start-up
 included), seconds to the first result (start-up), throughput with and without start-up, padding
 fraction, and whether the verdict and the transcripts' CER/WER equal the single-process check's.
-Writes ray-check-<model>[-<nodes>nodes].json and .md into --out. `--model base` is a random-init
-hubert-base (no vocabulary: parity only), `tiny` the shipped model (start-up dominates).
+Writes ray-check-<model>[-<nodes>nodes].json and .md into --out. `--model base-mask` is a random
+hubert-base with hubert-large's layer-norm feature encoder, which takes an attention mask (what
+length buckets are for); `base` is hubert-base itself (no mask: only equal lengths share a batch,
+so batching changes nothing); `tiny` the shipped model (start-up dominates).
 """
 
 from __future__ import annotations
@@ -52,7 +54,28 @@ def checkpoint(model: str) -> Path:
         from eager import checkpoint_dir  # benchmarks/eager.py: the random hubert-base checkpoint
 
         return checkpoint_dir(None, CACHE)
+    if model == "base-mask":
+        return base_mask_checkpoint(CACHE / "hubert-base-mask-random-ctc")
     return Path(model)
+
+
+def base_mask_checkpoint(path: Path) -> Path:
+    """hubert-base's width and depth with hubert-large's layer-norm feature encoder, which takes an
+    attention mask (so batches can be padded), random weights, the shipped model's vocabulary and
+    feature extractor settings (transcripts are then decoded, if meaningless)."""
+    if not (path / "config.json").is_file():
+        import shutil
+
+        import torch
+        import transformers
+
+        torch.manual_seed(0)
+        config = transformers.HubertConfig(vocab_size=32, feat_extract_norm="layer", do_stable_layer_norm=True,
+                                           conv_bias=True, pad_token_id=0)
+        transformers.HubertForCTC(config).eval().save_pretrained(path)
+        for name in ("vocab.json", "tokenizer_config.json", "preprocessor_config.json"):
+            shutil.copy(DEFAULT_MODEL_DIR / name, path / name)
+    return path
 
 
 def corpus_manifest(data: Path, copies: int, work: Path) -> tuple[Path, float]:
@@ -147,7 +170,9 @@ def markdown(run: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="tiny (shipped), base (random hubert-base) or a checkpoint DIR")
+    parser.add_argument("--model", default="tiny",
+                        help="tiny (shipped), base (random hubert-base: no attention mask, so batches hold one length), "
+                             "base-mask (hubert-base with a layer-norm encoder that takes a mask) or a checkpoint DIR")
     parser.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "speech", help="corpus (default: 20 clips)")
     parser.add_argument("--copies", type=int, default=10, help="times the corpus is listed (default 10)")
     parser.add_argument("--workers", default="1,2", help="actors per pool (default 1,2)")
@@ -161,7 +186,7 @@ def main() -> None:
     import ray
 
     model = checkpoint(args.model)
-    label = args.model if args.model in ("tiny", "base") else model.name
+    label = args.model if args.model in ("tiny", "base", "base-mask") else model.name
     args.work.mkdir(parents=True, exist_ok=True)
     artifact = args.work / f"{label}-onnx"
     if not (artifact / "manifest.json").is_file():

@@ -262,7 +262,7 @@ class ArtifactWorker:
     """A Ray Data actor: runs one artifact on the reference stage's batches and adds a column of
     per-utterance outcomes (JSON); utterances in `done` (already in the results file) are skipped."""
 
-    def __init__(self, files: Files, column: str, done: frozenset[str], threads: int) -> None:
+    def __init__(self, files: Files, column: str, done: frozenset[str], threads: int, last: bool = False) -> None:
         from hubert_export.backends import get_backend
         from hubert_export.model.config import HubertConfig
         from hubert_export.recipes import recipe_from_dict
@@ -283,6 +283,7 @@ class ArtifactWorker:
         except HubertExportError as exc:
             self.error = _failure(exc, files)
         self.files = files
+        self.last = last  # the last pool drops the batch's arrays: the driver needs the outcomes only
         self.column = column
         self.done = done
         self.calls = 0
@@ -308,6 +309,8 @@ class ArtifactWorker:
                     failure = _failure(exc, self.files)
             column.append(json.dumps({"error": failure["error"], "exit_code": failure["exit_code"]}))
         batch[self.column] = np.array(column, dtype=object)
+        if self.last:
+            del batch["payload"]
         return batch
 
     def _member(self, outputs: dict[str, np.ndarray], row: int, frames: int) -> dict[str, np.ndarray]:
@@ -747,10 +750,11 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
             dataset = dataset.map_batches(
                 ArtifactWorker, fn_constructor_kwargs={"files": subject.files, "column": subject.column,
                                                        "done": frozenset(subject.results.records),
-                                                       "threads": threads},
+                                                       "threads": threads, "last": subject is members[-1]},
                 batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=cpus_per_worker, num_gpus=subject.num_gpus or None, **remote_args)
-        dataset = dataset.drop_columns(["payload"])
+        # No operator after the last pool: a task there would wait for CPUs the actors hold, and
+        # every result would reach the driver only at the end.
         for row in dataset.iter_rows():
             computed = set()
             for subject in members:
