@@ -32,8 +32,8 @@ from hubert_export.hub import resolve_model
 from hubert_export.model import HubertConfig, load_config
 from hubert_export.model.weights import load_checkpoint_state
 from hubert_export.golden import RecordingRunner, write_golden
-from hubert_export.parity import (ParityCase, ParityReport, builtin_cases, data_cases, fit_cases, run_parity,
-                                  shape_case, thresholds_for)
+from hubert_export.parity import (CaseOutcome, ParityCase, ParityReport, builtin_cases, data_cases, fit_cases,
+                                  run_cases, shape_case, summarize, thresholds_for)
 from hubert_export.recipes import Recipe, ShapeRange
 from hubert_export.runner import EagerRunner, Runner, WindowRunner, median_latency
 from hubert_export.tasks import TaskSpec, family_of, frame_axes
@@ -64,7 +64,8 @@ class BuildResult:
         return self.report.passed
 
 
-def _load_model(model_dir: Path, task_name: str):
+def load_model(model_dir: Path, task_name: str):
+    """(config, task, eager model) of a checkpoint for `task_name` ("auto": from its architecture)."""
     config = load_config(model_dir)
     family = family_of(config)
     task = family.task(family.infer_task(config) if task_name == "auto" else task_name)
@@ -103,6 +104,7 @@ def export_artifact(
     latency_repeats: int = 3,
     corpus_options: CorpusOptions | None = None,
     normalize: bool = True,
+    recorded_checkpoint: str | Path | None = None,
 ) -> BuildResult:
     """Export `model_dir` (default: the small model shipped in the package) as `recipe` says.
 
@@ -111,7 +113,8 @@ def export_artifact(
     reported by `BuildResult.passed`. The latency is the median of `latency_repeats` runs at the
     recipe's opt shape (0: not measured). `model_dir` may be a model id in the local Hugging Face
     cache; `corpus_options` and `normalize` say how `data_dir` is read and its transcripts scored.
-    Progress goes to the `hubert_export` logger.
+    `recorded_checkpoint` is the source path the manifest records when `model_dir` is a copy of it
+    (a build on a Ray worker; default: `model_dir`). Progress goes to the `hubert_export` logger.
     """
     model_dir = resolve_model(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     if not model_dir.is_dir():
@@ -120,7 +123,7 @@ def export_artifact(
     backend = get_backend(recipe.target)  # an unusable target fails before any work
     backend.check_available(recipe)
     log.info(f"loading {model_dir}")
-    config, task, model = _load_model(model_dir, recipe.task)
+    config, task, model = load_model(model_dir, recipe.task)
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = fe.return_attention_mask if recipe.export.attention_mask == "auto" else bool(recipe.export.attention_mask)
     family = family_of(config)
@@ -164,7 +167,7 @@ def export_artifact(
         _remove_tree(work)
         artifacts.copy_checkpoint_metadata(model_dir, tmp)
         manifest = artifacts.new_manifest(
-            source={"checkpoint": str(model_dir.resolve()), "checkpoint_sha256": checkpoint_sha256.result(),
+            source={"checkpoint": str(Path(recorded_checkpoint or model_dir).resolve()), "checkpoint_sha256": checkpoint_sha256.result(),
                     "architecture": task.model_class.__name__},
             task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
             io=family.io_section(input_names, task, recipe.export.output_hidden_states, config),
@@ -209,6 +212,26 @@ def check_artifact(
     The artifact is only read (it may sit on a read-only mount): parity.json and parity.md go to
     `report_dir` when given, JUnit XML to `junit`.
     """
+    report = verify_artifact(artifact_dir, data_dir=data_dir, reference=reference, latency_repeats=latency_repeats,
+                             corpus_options=corpus_options, normalize=normalize).report
+    if report_dir is not None:
+        report.write(Path(report_dir))
+    if junit:
+        Path(junit).write_text(report.to_junit())
+    return report
+
+
+def verify_artifact(
+    artifact_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    reference: str | Path | None = None,
+    latency_repeats: int = 3,
+    corpus_options: CorpusOptions | None = None,
+    normalize: bool = True,
+) -> Verification:
+    """`check_artifact` without writing anything: the file hashes, the source checkpoint (found
+    through the manifest, or `reference`; its hash must match), then the parity cases and latency."""
     artifact = artifacts.Artifact.open(artifact_dir)
     log.info(f"verifying the files of {artifact.path}")
     artifact.verify_files()
@@ -228,31 +251,29 @@ def check_artifact(
     from hubert_export.recipes import recipe_from_dict
 
     recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json")
-    config, task, model = _load_model(model_dir, manifest["task"])
+    config, task, model = load_model(model_dir, manifest["task"])
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
-    report = _verify(artifact, get_backend(artifact.target), model, config, task, fe, with_mask, recipe,
-                     data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
-                     corpus_options=corpus_options, normalize=normalize).report
-    if report_dir is not None:
-        report.write(Path(report_dir))
-    if junit:
-        Path(junit).write_text(report.to_junit())
-    return report
+    return _verify(artifact, get_backend(artifact.target), model, config, task, fe, with_mask, recipe,
+                   data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
+                   corpus_options=corpus_options, normalize=normalize)
 
 
 @dataclass
-class _Verification:
+class Verification:
+    """A parity check's report and what it was made of."""
+
     report: ParityReport
     cases: list[ParityCase]
     reference: Runner  # a RecordingRunner holding the eager outputs when asked for
     thresholds: dict[str, float]
+    outcomes: list[CaseOutcome]  # per case, in the report's order (`parity.summarize` made the report)
 
 
 def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: HubertConfig, task: TaskSpec,
             fe: FeatureExtractorConfig, with_mask: bool, recipe: Recipe, *, data_dir: Path | None,
             latency_repeats: int, corpus_options: CorpusOptions | None = None, normalize: bool = True,
-            record_reference: bool = False) -> _Verification:
+            record_reference: bool = False) -> Verification:
     from hubert_export.tokenizer import CTCTokenizer
 
     # What the artifact accepts: the recipe's range unless the back end built for less.
@@ -285,14 +306,14 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
         candidate = loaded if window is None else WindowRunner(
             loaded, window.batch, window.samples, config.num_frames,
             frame_axes(task, recipe.export.output_hidden_states)).activate()
-        report = run_parity(reference, candidate, cases, config=config, task=task.name, target=artifact.target,
-                            precision=artifact.precision, thresholds=thresholds, tokenizer=tokenizer,
-                            normalize=normalize)
+        outcomes = run_cases(reference, candidate, cases, config=config, task=task.name, tokenizer=tokenizer)
+        report = summarize(outcomes, target=artifact.target, precision=artifact.precision, task=task.name,
+                           thresholds=thresholds, tokenizer=tokenizer, normalize=normalize)
         opt = shape_range.opt
         if latency_repeats > 0:
             log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
             report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples, latency_repeats)
-    return _Verification(report, cases, reference, thresholds)
+    return Verification(report, cases, reference, thresholds, outcomes)
 
 
 def _parity_summary(report: ParityReport) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The command line: parse, call one library function, print.
 
     hubert-export --target onnx|openvino|tensorrt|litert|executorch [--model DIR] [--output DIR] ...   build an artifact
+    hubert-export build --matrix RECIPE... [--model DIR] [--ray [ADDRESS]]            several, each gated
     hubert-export check ARTIFACT_DIR [--data DIR] [--reference DIR] [--junit FILE]    the CI gate
+    hubert-export check ARTIFACT_DIR... --data CORPUS --ray [ADDRESS]                 the same over a corpus, on Ray
     hubert-export check ARTIFACT_DIR --golden                                         the same, no torch
     hubert-export transcribe ARTIFACT_OR_CHECKPOINT AUDIO...                          speech to text
     hubert-export bench ARTIFACT_DIR... [--lengths 1,5,10] [--batch 1,4]              latency and memory
@@ -89,6 +91,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _corpus(parser: argparse.ArgumentParser) -> None:
     """The options of --data: which utterances of a corpus, which manifest columns, how it is scored."""
     group = parser.add_argument_group("--data corpus")
@@ -111,6 +123,15 @@ def _corpus_options(args: argparse.Namespace):
 
     return CorpusOptions(audio_column=args.audio_column, text_column=args.text_column, limit=args.limit,
                          sample=args.sample, seed=args.seed)
+
+
+def _ray_option(group: argparse._ArgumentGroup, what: str) -> None:
+    group.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help=f"{what} on Ray (pip install 'hubert-export[ray]'): alone, a new local Ray; with "
+                            "ADDRESS (HOST:PORT, ray://HOST:PORT or auto), that cluster")
+    group.add_argument("--ray-files", choices=["store", "shared"], default="store",
+                       help="how the checkpoint and artifacts (and, for check, the audio) reach the workers: "
+                            "store, through Ray's object store (default); shared, as paths every node mounts")
 
 
 def _common_parent() -> argparse.ArgumentParser:
@@ -158,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "STEM.txt transcripts add CER/WER), a CSV/TSV/JSONL manifest, or a datasets folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
     _corpus(parser)
+    matrix = parser.add_argument_group("build matrix")
+    matrix.add_argument("--matrix", nargs="+", type=Path, metavar="RECIPE",
+                        help="build one artifact per recipe from --model, each gated by its parity check, and "
+                             "print a summary table; artifacts go to --output/<recipe name> (default "
+                             "artifacts/<model>-<recipe name>)")
+    _ray_option(matrix, "build the --matrix recipes in parallel, one task each")
+    matrix.add_argument("--cpus-per-build", type=float, default=1.0, metavar="N",
+                        help="Ray CPUs (and intra-op threads) per build task (default 1); TensorRT builds also take "
+                             "one GPU")
     return parser
 
 
@@ -169,7 +199,8 @@ def check_parser() -> argparse.ArgumentParser:
                     "fails, 2 on bad input, 3 on an internal error: the CI accuracy gate. The artifact is only "
                     "read; the reports go to --report-dir.",
     )
-    parser.add_argument("artifact", type=Path, help="artifact directory written by hubert-export")
+    parser.add_argument("artifacts", type=Path, nargs="+", metavar="ARTIFACT",
+                        help="artifact directory written by hubert-export (several with --ray)")
     parser.add_argument("--golden", action="store_true",
                         help="compare with the eager outputs stored in the artifact at build time: needs neither "
                              "torch nor the checkpoint, only the back end's runtime (for the deployment target)")
@@ -182,6 +213,24 @@ def check_parser() -> argparse.ArgumentParser:
                              "manifest says (its hash must match)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
     _corpus(parser)
+    ray = parser.add_argument_group("corpus check on Ray")
+    _ray_option(ray, "check the --data corpus")
+    ray.add_argument("--workers", type=_positive, metavar="N",
+                     help="actors per artifact pool (default 1)")
+    ray.add_argument("--reference-workers", type=_positive, metavar="N",
+                     help="actors of the eager model's pool (default: --workers); it is often the slowest stage")
+    ray.add_argument("--batch-size", type=_positive, metavar="N",
+                     help="utterances per batch (default 1: the figures of the check without --ray; more: padded "
+                          "batches, with the attention mask where the model takes one)")
+    ray.add_argument("--no-bucketing", dest="bucketing", action="store_false",
+                     help="batch utterances in corpus order instead of grouping similar lengths")
+    ray.add_argument("--results-dir", type=Path, metavar="DIR",
+                     help="per-utterance results, written as they complete; a rerun with the same DIR resumes "
+                          "(default: a new temporary directory)")
+    ray.add_argument("--cpus-per-worker", type=float, metavar="N",
+                     help="Ray CPUs (and intra-op threads) per actor (default 1)")
+    ray.add_argument("--gpus-per-worker", type=float, metavar="N",
+                     help="Ray GPUs per artifact actor (default 1 for TensorRT, else 0)")
     return parser
 
 
@@ -256,6 +305,10 @@ def _recipe_from_args(args: argparse.Namespace):
 def run_build(args: argparse.Namespace) -> int:
     from hubert_export.build import DEFAULT_MODEL_DIR, export_artifact
 
+    if args.matrix is not None:
+        return run_matrix(args)
+    if args.ray is not None:
+        raise HubertExportError("--ray builds a --matrix of recipes: add --matrix RECIPE..., or drop --ray")
     recipe = _recipe_from_args(args)
     model_dir = args.model or DEFAULT_MODEL_DIR
     output = args.output or Path("artifacts") / f"{Path(model_dir).resolve().name}-{recipe.target}-{recipe.precision}"
@@ -277,7 +330,40 @@ def run_build(args: argparse.Namespace) -> int:
     return EXIT_OK if result.passed else EXIT_PARITY_FAILED
 
 
+def run_matrix(args: argparse.Namespace) -> int:
+    given = [flag for flag, value in (("--recipe", args.recipe), ("--target", args.target),
+                                      ("--precision", args.precision), ("--task", args.task)) if value]
+    if given:
+        raise HubertExportError(f"--matrix takes each build's settings from its recipe: drop {', '.join(given)}")
+    if args.ray is not None:
+        from hubert_export.distributed import require_ray
+
+        require_ray()
+    from hubert_export.distributed import build_matrix, matrix_exit_code, matrix_table
+
+    entries = build_matrix(args.matrix, args.model, args.output, use_ray=args.ray is not None,
+                           address=args.ray, files=args.ray_files, overwrite=args.overwrite,
+                           latency_repeats=args.latency_repeats, data_dir=args.data,
+                           corpus_options=_corpus_options(args), normalize=args.normalize,
+                           cpus_per_build=args.cpus_per_build)
+    print(matrix_table(entries), end="")
+    return matrix_exit_code(entries)
+
+
 def run_check(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        return run_ray_check(args)
+    ray_only = [flag for flag, value in (("--workers", args.workers), ("--reference-workers", args.reference_workers),
+                                         ("--batch-size", args.batch_size),
+                                         ("--results-dir", args.results_dir), ("--no-bucketing", not args.bucketing),
+                                         ("--cpus-per-worker", args.cpus_per_worker),
+                                         ("--gpus-per-worker", args.gpus_per_worker)) if value]
+    if ray_only:
+        raise HubertExportError(f"{', '.join(ray_only)} configure a check on Ray: add --ray, or drop them")
+    if len(args.artifacts) > 1:
+        raise HubertExportError(f"check takes one artifact ({len(args.artifacts)} given): check several at once with "
+                                "--ray, or one per command")
+    args.artifact = args.artifacts[0]
     if args.golden:
         given = [flag for flag, value in (("--data", args.data), ("--reference", args.reference)) if value]
         if given:
@@ -297,7 +383,12 @@ def run_check(args: argparse.Namespace) -> int:
 
         args.report_dir = Path(tempfile.mkdtemp(prefix="hubert-export-check-"))
     report.write(args.report_dir)
-    print(f"parity {'PASS' if report.passed else 'FAIL'}: {args.artifact} ({report.target} {report.precision}, "
+    _print_report(report, args.artifact, args.report_dir)
+    return EXIT_OK if report.passed else EXIT_PARITY_FAILED
+
+
+def _print_report(report, artifact: Path, report_dir: Path) -> None:
+    print(f"parity {'PASS' if report.passed else 'FAIL'}: {artifact} ({report.target} {report.precision}, "
           f"{len(report.cases)} cases)")
     for failure in report.failures:
         print(f"  - {failure}")
@@ -312,8 +403,38 @@ def run_check(args: argparse.Namespace) -> int:
         compute = report.latency.get("compute_seconds")
         print(f"latency {report.latency['seconds'] * 1e3:.1f} ms for batch {batch} x {samples / 16000:.1f} s of audio"
               + (f" ({compute * 1e3:.1f} ms without host-device copies)" if compute is not None else ""))
-    print(f"reports {args.report_dir / 'parity.json'}, {args.report_dir / 'parity.md'}")
-    return EXIT_OK if report.passed else EXIT_PARITY_FAILED
+    print(f"reports {report_dir / 'parity.json'}, {report_dir / 'parity.md'}")
+
+
+def run_ray_check(args: argparse.Namespace) -> int:
+    from hubert_export.distributed import check_corpus, require_ray
+
+    require_ray()  # the one-line refusal before any other work
+    if args.golden:
+        raise HubertExportError("check --golden runs on the deployment target itself: drop --ray")
+    if args.report_dir is None:
+        import tempfile
+
+        args.report_dir = Path(tempfile.mkdtemp(prefix="hubert-export-check-"))
+    result = check_corpus(args.artifacts, args.data, address=args.ray, files=args.ray_files,
+                          workers=args.workers or 1, reference_workers=args.reference_workers,
+                          batch_size=args.batch_size or 1, bucketing=args.bucketing,
+                          results_dir=args.results_dir, reference=args.reference,
+                          corpus_options=_corpus_options(args), normalize=args.normalize,
+                          latency_repeats=args.latency_repeats, cpus_per_worker=args.cpus_per_worker or 1.0,
+                          gpus_per_worker=args.gpus_per_worker, report_dir=args.report_dir, junit=args.junit)
+    for label, report in result.reports.items():
+        _print_report(report, result.artifacts[label], result.report_dirs[label])
+    if args.data is not None:
+        resumed = ", ".join(f"{n} of {label}" for label, n in result.resumed.items() if n)
+        speed = f", {result.throughput:.1f} audio s/s" if result.throughput else ""
+        print(f"corpus {result.utterances} utterances: {result.computed} checked in {result.batches} batches "
+              f"on {result.nodes} node(s) "
+              f"({result.audio_seconds:.1f} s of audio in {result.corpus_seconds:.1f} s{speed}, padding "
+              f"{result.padding_fraction:.1%})" + (f", resumed {resumed}" if resumed else "")
+              + (f", {result.skipped} outside the length range" if result.skipped else ""))
+        print(f"results {result.results_dir}")
+    return result.exit_code
 
 
 def run_transcribe(args: argparse.Namespace) -> int:

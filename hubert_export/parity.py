@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hubert_export.audio import FeatureExtractorConfig, prepare_batch
-from hubert_export.corpus import CorpusOptions, read_corpus
+from hubert_export.corpus import CorpusOptions, Utterance, read_corpus
 from hubert_export.metrics import character_error_rate, edit_distance, reference_report, text_normalizer, word_error_rate
 from hubert_export.model.config import HubertConfig
 from hubert_export.recipes import ShapeRange
@@ -199,8 +199,9 @@ def _speech_like(rng: np.random.Generator, n: int) -> np.ndarray:
     return ((signal - signal.mean()) / (signal.std() + 1e-7)).astype(np.float32)
 
 
-def _batch(name: str, waveforms: list[np.ndarray], fe: FeatureExtractorConfig, with_mask: bool,
-           texts: list[str | None] | None = None) -> ParityCase:
+def batch_case(name: str, waveforms: list[np.ndarray], fe: FeatureExtractorConfig, with_mask: bool,
+               texts: list[str | None] | None = None) -> ParityCase:
+    """One case of `waveforms`, padded into a batch as the feature extractor pads one."""
     fe = dataclasses.replace(fe, return_attention_mask=with_mask)
     inputs = prepare_batch(waveforms, fe)
     return ParityCase(name, inputs, [len(w) for w in waveforms], texts)
@@ -224,19 +225,19 @@ def builtin_cases(fe: FeatureExtractorConfig, with_attention_mask: bool,
     cases = []
     if min_batch <= 1:
         for n in [n for n in BUILTIN_LENGTHS if low <= n <= high] or [high]:
-            cases.append(_batch(f"b1-{n}", [_speech_like(rng, n)], fe, with_attention_mask))
+            cases.append(batch_case(f"b1-{n}", [_speech_like(rng, n)], fe, with_attention_mask))
     batch = max(min_batch, min(3, max_batch))
     if batch >= 2:
         lengths = padded_lengths(batch, low, high)
-        cases.append(_batch(f"b{batch}-padded-{'-'.join(map(str, lengths))}",
+        cases.append(batch_case(f"b{batch}-padded-{'-'.join(map(str, lengths))}",
                             [_speech_like(rng, n) for n in lengths], fe, with_attention_mask))
     else:
         total = max(low, min(high, BUILTIN_PADDED_BATCH[0]))
         silence = np.zeros(total // 4, dtype=np.float32)
         speech = _speech_like(rng, total - len(silence))
-        cases.append(_batch(f"b1-leading-zeros-{total}", [np.concatenate([silence, speech])], fe,
+        cases.append(batch_case(f"b1-leading-zeros-{total}", [np.concatenate([silence, speech])], fe,
                             with_attention_mask))
-        cases.append(_batch(f"b1-trailing-zeros-{total}", [np.concatenate([speech, silence])], fe,
+        cases.append(batch_case(f"b1-trailing-zeros-{total}", [np.concatenate([speech, silence])], fe,
                             with_attention_mask))
     return cases
 
@@ -256,7 +257,7 @@ def padded_lengths(batch: int, low: int, high: int) -> list[int]:
 def shape_case(fe: FeatureExtractorConfig, with_attention_mask: bool, batch: int, samples: int) -> ParityCase:
     """A deterministic batch of exactly batch x samples, for artifacts compiled for one shape."""
     rng = np.random.default_rng(samples)
-    return _batch(f"b{batch}-static-{samples}", [_speech_like(rng, samples) for _ in range(batch)], fe,
+    return batch_case(f"b{batch}-static-{samples}", [_speech_like(rng, samples) for _ in range(batch)], fe,
                   with_attention_mask)
 
 
@@ -303,13 +304,15 @@ def data_cases(directory: Path, fe: FeatureExtractorConfig, with_attention_mask:
                max_samples: int | None = None, limit: int | None = None,
                options: CorpusOptions | None = None) -> list[ParityCase]:
     """One batch-1 case per utterance of the user's `--data` corpus (any format `read_corpus` reads)."""
-    cases = []
-    for utterance in read_corpus(directory, options).utterances[:limit]:
-        waveform = utterance.load(fe.sampling_rate)
-        if max_samples is not None and len(waveform) > max_samples:
-            waveform = waveform[:max_samples]
-        cases.append(_batch(utterance.id, [waveform], fe, with_attention_mask, [utterance.text]))
-    return cases
+    return [batch_case(utterance.id, [utterance_waveform(utterance, fe, max_samples)], fe, with_attention_mask,
+                       [utterance.text])
+            for utterance in read_corpus(directory, options).utterances[:limit]]
+
+
+def utterance_waveform(utterance: Utterance, fe: FeatureExtractorConfig, max_samples: int | None) -> np.ndarray:
+    """An utterance's samples as the check runs them: at the model's rate, cut to `max_samples`."""
+    waveform = utterance.load(fe.sampling_rate)
+    return waveform[:max_samples] if max_samples is not None and len(waveform) > max_samples else waveform
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -361,73 +364,102 @@ def compare_ctc(reference: np.ndarray, candidate: np.ndarray, frames: list[int],
 
 
 # ------------------------------------------------------------------------------------------ harness
-def run_parity(
-    reference: Runner,
-    candidate: Runner,
-    cases: list[ParityCase],
+@dataclass
+class CaseOutcome:
+    """One case compared: its result, and the problems that are not threshold checks (an output
+    missing from the artifact, or of another shape). `summarize` turns a list of them into the
+    report; they are what a corpus check on Ray writes per utterance and reads back to resume."""
+
+    result: CaseResult
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"result": dataclasses.asdict(self.result), "problems": self.problems}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseOutcome:
+        return cls(CaseResult(**data["result"]), list(data["problems"]))
+
+
+def compare_case(
+    case: ParityCase,
+    ref_out: dict[str, np.ndarray],
+    cand_out: dict[str, np.ndarray],
     *,
+    output_names: list[str],
     config: HubertConfig,
     task: str,
+    tokenizer: Any | None = None,
+    seconds: tuple[float, float] = (0.0, 0.0),
+) -> CaseOutcome:
+    """Compare one case's candidate outputs with the reference's (`output_names`, the reference's
+    outputs, first the main one) on its real frames; `seconds` are the two runners' wall times."""
+    frames = [config.num_frames(n) for n in case.sample_lengths]
+    metrics: dict[str, float] = {}
+    problems: list[str] = []
+    for name in output_names:
+        if name not in cand_out:
+            problems.append(f"{case.name}: output {name} missing from the artifact")
+            continue
+        if cand_out[name].shape != ref_out[name].shape:
+            problems.append(f"{case.name}: output {name} has shape {list(cand_out[name].shape)}, "
+                            f"expected {list(ref_out[name].shape)}")
+            continue
+        per_output = compare_arrays(_valid_rows(ref_out[name], frames), _valid_rows(cand_out[name], frames))
+        for metric, value in per_output.items():  # worst over outputs
+            better_large = _GATES[metric][1]
+            metrics[metric] = value if metric not in metrics else (
+                min(metrics[metric], value) if better_large else max(metrics[metric], value))
+    main = output_names[0]
+    transcripts = None
+    if main in cand_out and cand_out[main].shape == ref_out[main].shape:
+        if task == "ctc":
+            metrics.update(compare_ctc(ref_out[main], cand_out[main], frames, config.pad_token_id or 0))
+            if tokenizer is not None:
+                ref_text = tokenizer.greedy_decode(ref_out[main], frames)
+                cand_text = tokenizer.greedy_decode(cand_out[main], frames)
+                metrics["cer"] = character_error_rate(cand_text, ref_text)
+                metrics["wer"] = word_error_rate(cand_text, ref_text)
+                truth = case.reference_texts or [None] * len(ref_text)
+                transcripts = [{"eager": r, "artifact": c, "reference": t}
+                               for r, c, t in zip(ref_text, cand_text, truth)]
+        elif task == "sequence-classification":
+            metrics["top1_agreement"] = float(
+                (ref_out[main].argmax(-1) == cand_out[main].argmax(-1)).mean())
+    result = CaseResult(case.name, list(case.inputs["input_values"].shape), metrics, seconds[0], seconds[1],
+                        transcripts)
+    return CaseOutcome(result, problems)
+
+
+def summarize(
+    outcomes: list[CaseOutcome],
+    *,
     target: str,
     precision: str,
+    task: str,
     thresholds: dict[str, float],
     tokenizer: Any | None = None,
     normalize: bool = True,
 ) -> ParityReport:
-    """Compare `candidate` with `reference` on `cases`; `normalize` maps reference transcripts and
-    hypotheses to the tokenizer's alphabet before their CER/WER (raw figures are reported beside)."""
+    """The report of `outcomes` in their order: per-case gates, the transcripts' CER/WER against the
+    eager model over all cases, and against the reference transcripts (normalised as `normalize`
+    says) with the worst utterances. A single-machine check and a corpus check on Ray both end here."""
     report = ParityReport(target, precision, task, thresholds)
     hyps, refs, truth_hyps, truth_refs, truths, truth_ids = [], [], [], [], [], []
-    for i, case in enumerate(cases, 1):
-        log.info(f"parity case {i}/{len(cases)}: {case.name}")
-        inputs = {k: v for k, v in case.inputs.items() if k in candidate.input_names}
-        start = time.perf_counter()
-        ref_out = reference.infer({k: v for k, v in case.inputs.items() if k in reference.input_names})
-        middle = time.perf_counter()
-        cand_out = candidate.infer(inputs)
-        end = time.perf_counter()
-        frames = [config.num_frames(n) for n in case.sample_lengths]
-        metrics: dict[str, float] = {}
-        for name in reference.output_names:
-            if name not in cand_out:
-                report.failures.append(f"{case.name}: output {name} missing from the artifact")
-                continue
-            if cand_out[name].shape != ref_out[name].shape:
-                report.failures.append(f"{case.name}: output {name} has shape {list(cand_out[name].shape)}, "
-                                       f"expected {list(ref_out[name].shape)}")
-                continue
-            per_output = compare_arrays(_valid_rows(ref_out[name], frames), _valid_rows(cand_out[name], frames))
-            for metric, value in per_output.items():  # worst over outputs
-                better_large = _GATES[metric][1]
-                metrics[metric] = value if metric not in metrics else (
-                    min(metrics[metric], value) if better_large else max(metrics[metric], value))
-        main = reference.output_names[0]
-        transcripts = None
-        if main in cand_out and cand_out[main].shape == ref_out[main].shape:
-            if task == "ctc":
-                metrics.update(compare_ctc(ref_out[main], cand_out[main], frames, config.pad_token_id or 0))
-                if tokenizer is not None:
-                    ref_text = tokenizer.greedy_decode(ref_out[main], frames)
-                    cand_text = tokenizer.greedy_decode(cand_out[main], frames)
-                    metrics["cer"] = character_error_rate(cand_text, ref_text)
-                    metrics["wer"] = word_error_rate(cand_text, ref_text)
-                    hyps += cand_text
-                    refs += ref_text
-                    truth = case.reference_texts or [None] * len(ref_text)
-                    transcripts = [{"eager": r, "artifact": c, "reference": t}
-                                   for r, c, t in zip(ref_text, cand_text, truth)]
-                    for item, (r, c, t) in enumerate(zip(ref_text, cand_text, truth)):
-                        if t is not None:
-                            truth_ids.append(case.name if len(truth) == 1 else f"{case.name}[{item}]")
-                            truth_refs.append(t)
-                            truth_hyps.append(c)
-                            truths.append(r)
-            elif task == "sequence-classification":
-                metrics["top1_agreement"] = float(
-                    (ref_out[main].argmax(-1) == cand_out[main].argmax(-1)).mean())
-        report.cases.append(CaseResult(case.name, list(case.inputs["input_values"].shape), metrics,
-                                       middle - start, end - middle, transcripts))
-        for metric, value in metrics.items():
+    for outcome in outcomes:
+        case = outcome.result
+        report.failures.extend(outcome.problems)
+        items = case.transcripts or []
+        for item, texts in enumerate(items):
+            hyps.append(texts["artifact"])
+            refs.append(texts["eager"])
+            if texts["reference"] is not None:
+                truth_ids.append(case.name if len(items) == 1 else f"{case.name}[{item}]")
+                truth_refs.append(texts["reference"])
+                truth_hyps.append(texts["artifact"])
+                truths.append(texts["eager"])
+        report.cases.append(case)
+        for metric, value in case.metrics.items():
             threshold_name, larger_is_better = _GATES[metric]
             if threshold_name not in thresholds or metric in ("cer", "wer"):
                 continue  # transcripts are gated over the whole set below, not per utterance
@@ -449,3 +481,39 @@ def run_parity(
     if any(math.isnan(v) for c in report.cases for v in c.metrics.values()):
         report.failures.append("some metrics are NaN: the artifact produced NaN or Inf outputs")
     return report
+
+
+def run_cases(reference: Runner, candidate: Runner, cases: list[ParityCase], *, config: HubertConfig,
+              task: str, tokenizer: Any | None = None) -> list[CaseOutcome]:
+    """Run both runners on every case and compare them (`compare_case`)."""
+    outcomes = []
+    for i, case in enumerate(cases, 1):
+        log.info(f"parity case {i}/{len(cases)}: {case.name}")
+        start = time.perf_counter()
+        ref_out = reference.infer({k: v for k, v in case.inputs.items() if k in reference.input_names})
+        middle = time.perf_counter()
+        cand_out = candidate.infer({k: v for k, v in case.inputs.items() if k in candidate.input_names})
+        end = time.perf_counter()
+        outcomes.append(compare_case(case, ref_out, cand_out, output_names=reference.output_names, config=config,
+                                     task=task, tokenizer=tokenizer, seconds=(middle - start, end - middle)))
+    return outcomes
+
+
+def run_parity(
+    reference: Runner,
+    candidate: Runner,
+    cases: list[ParityCase],
+    *,
+    config: HubertConfig,
+    task: str,
+    target: str,
+    precision: str,
+    thresholds: dict[str, float],
+    tokenizer: Any | None = None,
+    normalize: bool = True,
+) -> ParityReport:
+    """Compare `candidate` with `reference` on `cases`; `normalize` maps reference transcripts and
+    hypotheses to the tokenizer's alphabet before their CER/WER (raw figures are reported beside)."""
+    outcomes = run_cases(reference, candidate, cases, config=config, task=task, tokenizer=tokenizer)
+    return summarize(outcomes, target=target, precision=precision, task=task, thresholds=thresholds,
+                     tokenizer=tokenizer, normalize=normalize)
