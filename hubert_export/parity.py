@@ -11,7 +11,10 @@ see the same inputs; outputs are compared on the real frames only (padding exclu
                  too when the data has them, reported beside)
   classification top1_agreement
 
-Thresholds have per-precision defaults that a recipe can override; the report says which case and
+The rates (argmax_agreement, token_edit_rate) gate only cases of at least MIN_FRAMES_FOR_RATES real
+frames: on the 1- and 3-frame built-in cases one flipped near-tie moves them by 33-100 points, so
+there the continuous metrics gate and the rates are reported. Thresholds have per-precision
+defaults that a recipe can override; the report says which case and
 which metric failed and by how much. Reports are data (`ParityReport.to_dict`) written as
 `parity.json`, a readable `parity.md`, and JUnit XML on request.
 """
@@ -52,6 +55,15 @@ _GATES: dict[str, tuple[str, bool]] = {
 
 log = logging.getLogger(__name__)
 
+# Frame argmax agreement and token edit rate are rates over a case's frames: on the 1- and 3-frame
+# built-in cases one flipped near-tie moves them by 33-100 points. Measured: the default ONNX Runtime
+# INT8 artifact of a random-init hubert-base flipped 2 of the 3 frames of b1-1234 (agreement 0.333)
+# at a worst-frame cosine of 0.993. Cases shorter than this many frames are gated by their
+# continuous metrics (abs errors, relative L2, cosine; a graph broken on short inputs measured
+# cosine 0.43 and relative L2 1.04) and report the rates without gating them.
+MIN_FRAMES_FOR_RATES = 10
+FRAME_RATE_METRICS = ("argmax_agreement", "token_edit_rate")
+
 BUILTIN_LENGTHS = (400, 1234, 16_000, 48_077)  # the shortest valid input; lengths off the 320 grid
 BUILTIN_PADDED_BATCH = (24_000, 17_777, 9_001)
 
@@ -72,6 +84,7 @@ class CaseResult:
     seconds_reference: float
     seconds_candidate: float
     transcripts: list[dict[str, str | None]] | None = None
+    frames: int | None = None  # real (unpadded) output frames compared, over the batch
 
 
 @dataclass
@@ -427,7 +440,7 @@ def compare_case(
             metrics["top1_agreement"] = float(
                 (ref_out[main].argmax(-1) == cand_out[main].argmax(-1)).mean())
     result = CaseResult(case.name, list(case.inputs["input_values"].shape), metrics, seconds[0], seconds[1],
-                        transcripts)
+                        transcripts, frames=sum(frames))
     return CaseOutcome(result, problems)
 
 
@@ -463,6 +476,8 @@ def summarize(
             threshold_name, larger_is_better = _GATES[metric]
             if threshold_name not in thresholds or metric in ("cer", "wer"):
                 continue  # transcripts are gated over the whole set below, not per utterance
+            if metric in FRAME_RATE_METRICS and case.frames is not None and case.frames < MIN_FRAMES_FOR_RATES:
+                continue  # reported, not gated: see MIN_FRAMES_FOR_RATES
             limit = thresholds[threshold_name]
             if (value < limit) if larger_is_better else (value > limit):
                 report.failures.append(

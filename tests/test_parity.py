@@ -85,3 +85,23 @@ def test_ci_recipe_report_shows_the_padded_batch(ctc_checkpoint, tmp_path, capsy
     padded = [c for c in report["cases"] if c["name"] == "b2-padded-24000-17777"]
     assert padded and padded[0]["shape"] == [2, 24_000] and report["passed"]
     assert "| b2-padded-24000-17777 | 2x24000 |" in (out / "parity.md").read_text()
+
+
+def test_frame_rates_gate_only_cases_with_enough_frames():
+    """A flipped near-tie on a 3-frame case is reported, not gated; the same rate on a long case,
+    and a bad cosine on a short one, fail."""
+    from hubert_export.parity import MIN_FRAMES_FOR_RATES, CaseOutcome, CaseResult, summarize, thresholds_for
+
+    def outcome(name: str, frames: int, cosine: float) -> CaseOutcome:
+        metrics = {"min_cosine_similarity": cosine, "argmax_agreement": 1 / 3, "token_edit_rate": 2 / 3}
+        return CaseOutcome(CaseResult(name, [1, 320 * frames], metrics, 0.0, 0.0, frames=frames), [])
+
+    def failures(*outcomes: CaseOutcome) -> list[str]:
+        return summarize(list(outcomes), target="onnx", precision="int8", task="ctc",
+                         thresholds=thresholds_for("int8")).failures
+
+    assert failures(outcome("short", 3, 0.993)) == []
+    long_failures = failures(outcome("long", MIN_FRAMES_FOR_RATES, 0.993))
+    assert any("long: argmax_agreement" in f for f in long_failures)
+    assert any("long: token_edit_rate" in f for f in long_failures)
+    assert failures(outcome("broken", 3, 0.43)) == ["broken: min_cosine_similarity 0.43 below min_cosine_similarity 0.7"]
