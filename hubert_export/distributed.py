@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import os
-import pickle
 import shutil
 import tempfile
 import time
@@ -167,6 +166,51 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def pack_payload(value: Any) -> bytes:
+    """A stage's row (dicts, lists, strings, numbers, bytes and numpy arrays) as bytes: JSON for
+    the structure, the arrays and bytes in an .npz. Nothing is pickled: reading it back runs no code."""
+    arrays: list[np.ndarray] = []
+
+    def strip(item: Any) -> Any:
+        if isinstance(item, np.ndarray):
+            arrays.append(item)
+            return {"__array__": len(arrays) - 1}
+        if isinstance(item, (bytes, bytearray)):
+            arrays.append(np.frombuffer(bytes(item), dtype=np.uint8))
+            return {"__bytes__": len(arrays) - 1}
+        if isinstance(item, dict):
+            return {key: strip(v) for key, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [strip(v) for v in item]
+        if isinstance(item, np.generic):
+            return item.item()
+        return item
+
+    structure = json.dumps(strip(value)).encode()
+    buffer = io.BytesIO()
+    np.savez(buffer, structure=np.frombuffer(structure, dtype=np.uint8), *arrays)
+    return buffer.getvalue()
+
+
+def unpack_payload(data: bytes) -> Any:
+    """`pack_payload`'s value back."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+
+    def restore(item: Any) -> Any:
+        if isinstance(item, dict):
+            if "__array__" in item:
+                return arrays[f"arr_{item['__array__']}"]
+            if "__bytes__" in item:
+                return arrays[f"arr_{item['__bytes__']}"].tobytes()
+            return {key: restore(v) for key, v in item.items()}
+        if isinstance(item, list):
+            return [restore(v) for v in item]
+        return item
+
+    return restore(json.loads(arrays["structure"].tobytes()))
+
+
 def _worker_threads(threads: int | None, cpus: float) -> int:
     return threads if threads else max(1, int(cpus))
 
@@ -214,10 +258,10 @@ class ReferenceWorker:
         payloads, real, padded = [], [], []
         for members in batch["members"]:
             try:
-                payload = self.error or self._run(pickle.loads(members))
+                payload = self.error or self._run(unpack_payload(members))
             except HubertExportError as exc:
                 payload = _failure(exc)
-            payloads.append(pickle.dumps(payload, protocol=5))
+            payloads.append(pack_payload(payload))
             real.append(payload.get("real", 0))
             padded.append(payload.get("padded", 0))
         return {"batch": batch["batch"], "payload": np.array(payloads, dtype=object),
@@ -299,7 +343,7 @@ class ArtifactWorker:
             os._exit(1)
         column = []
         for blob in batch["payload"]:
-            payload = pickle.loads(blob)
+            payload = unpack_payload(blob)
             failure = self.error or (payload if "error" in payload else None)  # this worker's, or the eager stage's
             if failure is None:
                 try:
@@ -736,7 +780,7 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
                     "index": index, "id": utterance.id, "text": utterance.text, "origin": utterance.origin,
                     "path": str(utterance.path.resolve()) if utterance.path is not None and encoded is None else None,
                     "encoded": encoded, "samples": utterance.samples, "samples_rate": utterance.samples_rate})
-            rows.append({"batch": number, "members": pickle.dumps(members_data, protocol=5)})
+            rows.append({"batch": number, "members": pack_payload(members_data)})
         spec = {"task": task, "with_mask": with_mask, "hidden": hidden, "min_samples": min_samples,
                 "max_samples": max_samples}
         remote_args: dict[str, Any] = {"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}

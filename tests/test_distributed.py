@@ -90,6 +90,23 @@ def test_length_buckets_pad_less_than_corpus_order():
     assert padding_fraction(lengths, plan_batches(lengths, 1, bucketing=True)) == 0
 
 
+def test_payloads_between_stages_round_trip_without_pickle():
+    import numpy as np
+
+    from hubert_export.distributed import pack_payload, unpack_payload
+
+    value = {"groups": [{"ids": ["a", "b"], "lengths": [400, 1234], "texts": ["HI", None], "seconds": 0.25,
+                         "inputs": {"input_values": np.arange(6, dtype=np.float32).reshape(2, 3),
+                                    "attention_mask": np.ones((2, 3), dtype=np.int64)}}],
+             "encoded": b"RIFF\x00", "count": np.int64(3)}
+    back = unpack_payload(pack_payload(value))
+    group = back["groups"][0]
+    assert group["ids"] == ["a", "b"] and group["texts"] == ["HI", None] and group["seconds"] == 0.25
+    for name, array in value["groups"][0]["inputs"].items():
+        assert group["inputs"][name].dtype == array.dtype and np.array_equal(group["inputs"][name], array)
+    assert back["encoded"] == b"RIFF\x00" and back["count"] == 3
+
+
 def test_results_file_drops_a_torn_line_keeps_ids_once_and_refuses_another_run(tmp_path):
     from hubert_export.distributed import ResultsFile
 
