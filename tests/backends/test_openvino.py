@@ -146,9 +146,11 @@ def test_int8_default_keeps_the_feature_encoder_in_float(ctc_checkpoint, calibra
     floats = quantization["float_layers"]
     assert [n for n in floats if "feature_extractor" in n] == [
         f"/model/hubert/feature_extractor/conv_layers.{i}/conv/Conv" for i in range(3)]
-    # and the query-key and softmax-value products where they are MatMuls (OpenVINO may fuse them
-    # into one ScaledDotProductAttention op, as it does for this checkpoint); nothing else
-    assert all("feature_extractor" in n or "/attention/MatMul" in n for n in floats)
+    # the feature projection, and the query-key and softmax-value products where they are MatMuls
+    # (OpenVINO may fuse them into one ScaledDotProductAttention op, as it does for this checkpoint);
+    # nothing else
+    assert [n for n in floats if "/feature_projection/" in n]
+    assert all("feature_extractor" in n or "/feature_projection/" in n or "/attention/MatMul" in n for n in floats)
     assert quantization["quantized_layers"] == TINY_WEIGHTED_LAYERS - len(floats)
     assert "feature-encoder" in quantization["float_groups"]["feature_encoder"]  # the reason is recorded
 
