@@ -81,24 +81,21 @@ def _latency_parent() -> argparse.ArgumentParser:
     return parent
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of utterances")
-    return value
+def _positive_int(noun: str) -> Callable[[str], int]:
+    """An argparse type for a whole number of at least 1, its error naming what the number counts."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {noun}")
+        return value
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
+_count = _positive_int("number of utterances")
+_positive = _positive_int("whole number")
 
 
 def _corpus(parser: argparse.ArgumentParser) -> None:

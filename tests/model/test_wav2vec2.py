@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from hubert_export import HubertExportError, Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification, Wav2Vec2Model
 
 from ..conftest import TINY_BASE, TINY_LARGE, save_reference_checkpoint
+from .test_hubert import padded_batch  # lengths off the conv stride, a padded second row
 
 ATOL = 1e-5  # as HuBERT's tests: float32 against transformers' eager attention
 LAYOUTS = {"base": TINY_BASE, "large": TINY_LARGE}
@@ -24,15 +25,6 @@ CLASSES = {"Wav2Vec2Model": Wav2Vec2Model, "Wav2Vec2ForCTC": Wav2Vec2ForCTC,
 def reference(path, architecture):
     transformers = pytest.importorskip("transformers")
     return getattr(transformers, architecture).from_pretrained(path, attn_implementation="eager").eval()
-
-
-def padded_batch():
-    torch.manual_seed(1)
-    x = torch.randn(2, 5123)
-    attention_mask = torch.ones(2, 5123, dtype=torch.long)
-    attention_mask[1, 3333:] = 0
-    x[1, 3333:] = 0.0
-    return x, attention_mask
 
 
 def main_output(out):
