@@ -417,9 +417,11 @@ def _start_build(model: Path, out: Path, release: Path | None = None) -> subproc
     env = dict(os.environ)
     if release is not None:
         env[HOLD_ENV] = f"parity:{release}"
+    # SIGINT back to its default in the child: a shell that runs the tests as a background job
+    # starts them with SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-m", "hubert_export.cli", "--target", "onnx", "--model", str(model),
                              "--output", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(process: subprocess.Popen, words: str, timeout: float = 120) -> list[str]:
