@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import transformers_subject  # noqa: E402  benchmarks/baselines.py
 from eager import checkpoint_dir  # noqa: E402  benchmarks/eager.py: the random hubert-base checkpoint
+from int8_sensitivity import cpu_flags  # noqa: E402  the CPU flags that decide INT8 speed
 
 # (name, target, precision, recipe overrides): what a user gets from each command line.
 CONFIGS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -57,13 +58,6 @@ CONFIGS: list[tuple[str, str, str, dict[str, Any]]] = [
 
 def log(message: str) -> None:
     print(f"[int8-accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    found = re.search(r"^flags\s*:(.*)$", text, re.M)
-    flags = set(found.group(1).split()) if found else set()
-    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8"})
 
 
 def cpu_model() -> str:
