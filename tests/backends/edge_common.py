@@ -11,6 +11,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from hubert_export import cli
@@ -55,3 +56,10 @@ def assert_refused_without_extra(target: str, extra: str, tmp_path: Path, capsys
     assert code == 2, err
     assert len(err.splitlines()) == 1 and f"[{extra}]" in err and f"--target {target}" in err, err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    """The speech set written for a test module, with the shipped model's eager CER on it."""
+    files, texts = speech_set(tmp_path_factory.mktemp("speech"))
+    return files, texts, transcript_cer(SHIPPED_MODEL, files, texts)

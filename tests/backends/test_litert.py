@@ -19,7 +19,9 @@ from hubert_export.errors import HubertExportError
 from hubert_export.tasks import DEFAULT_THRESHOLDS
 from hubert_export.recipes import recipe_from_dict
 
-from .edge_common import SHIPPED_MODEL, SPEECH, assert_refused_without_extra, installed, speech_set, transcript_cer
+from .edge_common import (  # noqa: F401  (speech: a fixture)
+    SHIPPED_MODEL, SPEECH, assert_refused_without_extra, installed, speech, transcript_cer,
+)
 
 HAS_LITERT = installed("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
 needs_litert = pytest.mark.skipif(not HAS_LITERT, reason="the [litert] extra is not installed here "
@@ -48,12 +50,6 @@ def shipped(tmp_path_factory):
                                  latency_repeats=0)
         return result.path, result.report
     return build
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory):
-    files, texts = speech_set(tmp_path_factory.mktemp("speech"))
-    return files, texts, transcript_cer(SHIPPED_MODEL, files, texts)
 
 
 @needs_litert
