@@ -69,12 +69,30 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # the optimiser edits the proto it is given as well as returning a new one
     try:
-        return onnxscript.optimizer.optimize(copy, num_iterations=1)
+        optimized = onnxscript.optimizer.optimize(copy, num_iterations=1)
     except Exception as exc:  # the optimiser raises many types; the user needs one line
         raise HubertExportError(
             f"constant folding failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
             "drop fold_constants from the pass list"
         ) from exc
+    return _restore_node_names(model, optimized)
+
+
+def _restore_node_names(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> onnx.ModelProto:
+    """Give a node that a rewrite rule replaced the name of the node it replaced: same op type, same
+    first output. The INT8 policy finds layers by name (`quantization.LAYER_GROUPS`), and onnxscript's
+    rules name their replacements `node_Conv_0`: the optional-bias rule rewrote every Conv of a
+    random-init (zero-bias) hubert-large, its float feature encoder matched nothing and was quantised,
+    and the artifact failed its gate (padded-batch cosine 0.22)."""
+    producer = {node.output[0]: (node.op_type, node.name) for node in original.graph.node if node.output}
+    kept = {node.name for node in original.graph.node}
+    for node in rewritten.graph.node:
+        if node.name in kept or not node.output:
+            continue
+        op_type, name = producer.get(node.output[0], (None, None))
+        if op_type == node.op_type and name:
+            node.name = name
+    return rewritten
 
 
 # --------------------------------------------------------------------------------------------------

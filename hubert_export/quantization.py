@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from hubert_export.errors import InternalError
+
 LAYER_GROUPS: dict[str, str] = {
     **{f"conv{i}": rf"/feature_extractor/conv_layers\.{i}/" for i in range(7)},
     "feature_encoder": r"/feature_extractor/conv_layers\.\d+/",
@@ -22,7 +24,9 @@ LAYER_GROUPS: dict[str, str] = {
     # The two activation-by-activation products (query x key, softmax x value): no weights.
     "attention_scores": r"/attention/MatMul",
     "feed_forward": r"/feed_forward/",
-    "head": r"/(?:lm_head|classifier|projector)/",
+    # OpenVINO names the op that produces a graph output after the output: a head whose zero bias
+    # (random init) was folded away leaves its MatMul called "logits".
+    "head": r"/(?:lm_head|classifier|projector)/|^logits$",
 }
 
 # Measured on random-init hubert-base (OpenVINO 2026.4 / NNCF 3.4 and ONNX Runtime 1.32 static QDQ,
@@ -76,3 +80,15 @@ def covered_by(group: str, groups: Iterable[str]) -> bool:
 def group_of(name: str, groups: Iterable[str]) -> str | None:
     """The first of `groups` whose pattern finds `name`."""
     return next((g for g in groups if re.search(LAYER_GROUPS[g], name)), None)
+
+
+def check_grouped(names: Iterable[str]) -> None:
+    """Refuse to quantise a graph with a Conv/MatMul (`names`) that no fine layer group finds: its
+    float-or-INT8 choice would be made by accident. A graph pass once renamed every feature-encoder
+    conv of hubert-large (`node_Conv_0`), the float feature encoder matched nothing and was quantised."""
+    fine = group_patterns(g for g in LAYER_GROUPS if g != "feature_encoder")
+    lost = [n for n in names if not matching([n], fine)]
+    if lost:
+        shown = ", ".join(repr(n) for n in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+        raise InternalError(f"layers {shown} belong to no INT8 layer group (hubert_export/quantization.py "
+                            "LAYER_GROUPS): a pass or converter renamed them, so which stay float cannot be told")

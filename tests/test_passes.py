@@ -103,6 +103,20 @@ def test_fold_constants_removes_dead_nodes(exported):
     assert len(cleaned.graph.node) == len(passes.fold_constants(exported).graph.node)
 
 
+@pytest.mark.parametrize("graph", ["exported", "exported_large"])
+def test_fold_constants_keeps_the_names_of_the_nodes_it_rewrites(graph, request):
+    """transformers initialises conv biases to zero; onnxscript's optional-bias rule drops them and
+    names the new Conv `node_Conv_0`. The INT8 policy finds layers by name (a renamed feature encoder
+    was quantised instead of kept float), so every rewritten node takes back its old name."""
+    model = request.getfixturevalue(graph)
+    folded = passes.fold_constants(model)
+    convs = {n.output[0]: n for n in model.graph.node if n.op_type == "Conv"}
+    rewritten = [n for n in folded.graph.node if n.op_type == "Conv" and len(n.input) < len(convs[n.output[0]].input)]
+    assert rewritten  # the rule fired: the test has something to check
+    assert all(n.name == convs[n.output[0]].name for n in rewritten)
+    assert {n.name for n in folded.graph.node} <= {n.name for n in model.graph.node}
+
+
 def _projections(count: int, bias: str | None, rng=np.random.default_rng(0)) -> onnx.ModelProto:
     """`count` projections of one input, each with a bias Add (`bias` "first" or "last") or none."""
     nodes, weights, outputs = [], [], []

@@ -16,7 +16,7 @@ from hubert_export.quantization import (
 )
 from hubert_export.recipes import default_recipe
 
-from .conftest import save_reference_checkpoint
+from .conftest import TINY_LARGE, save_reference_checkpoint
 
 
 def weighted_nodes(artifact_dir) -> list[str]:
@@ -58,6 +58,32 @@ def test_plain_int8_of_the_shipped_model_passes_its_gate(tmp_path, target):
     assert result.passed, result.report.failures
     backend = Artifact.open(tmp_path / target).manifest["backend"]
     assert "feature_projection" in (backend["quantization"] if target == "openvino" else backend)["float_groups"]
+
+
+@pytest.fixture(scope="module")
+def zero_bias_large_ctc(tmp_path_factory):
+    """The large layout (conv biases) at toy width, random init: transformers sets every bias to zero."""
+    return save_reference_checkpoint(tmp_path_factory.mktemp("tiny-large-ctc"), "HubertForCTC", **TINY_LARGE)
+
+
+def float_convs(artifact_dir: Path, target: str) -> list[str]:
+    """The Conv layers of a built INT8 artifact whose input is not quantised, read from its graph
+    (OpenVINO: the manifest's float_layers, which the build reads from the quantised IR)."""
+    if target == "openvino":
+        return [n for n in Artifact.open(artifact_dir).manifest["backend"]["quantization"]["float_layers"] if "Conv" in n]
+    model = onnx.load(str(artifact_dir / "model.onnx"))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and producer.get(n.input[0]) != "DequantizeLinear"]
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnx"])
+def test_default_float_groups_stay_float_in_the_built_graph(zero_bias_large_ctc, tmp_path, target):
+    """The graph passes once renamed the zero-bias convs (`node_Conv_0`), the float feature encoder
+    matched nothing, and random-init hubert-large's INT8 artifacts failed their gate."""
+    export_artifact(zero_bias_large_ctc, tmp_path / target, default_recipe(target, "int8"), latency_repeats=0)
+    floating = float_convs(tmp_path / target, target)
+    # TINY_LARGE's three encoder convs, by their exported names; the positional conv is quantised.
+    assert sorted(floating) == [f"/model/hubert/feature_extractor/conv_layers.{i}/conv/Conv" for i in range(3)]
 
 
 # ------------------------------------------------------------------------------- real geometry

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
-from hubert_export.quantization import FLOAT_GROUP_REASONS, group_patterns, matching
+from hubert_export.quantization import FLOAT_GROUP_REASONS, check_grouped, group_patterns, matching
 from hubert_export.passes import ONNXRUNTIME_OFFLINE_PASSES, PORTABLE_PASSES
 from hubert_export.recipes import Recipe
 from hubert_export.runner import Runner, check_inputs
@@ -149,6 +149,7 @@ def _quantize_static(inputs: BuildInputs, target: Path) -> tuple[int, list[str],
         prepared_model = onnx.load(str(prepared), load_external_data=False)
         excluded = resolve_ignored_nodes(prepared_model, inputs.recipe.calibration.ignored_scopes)
         weighted = [n.name for n in prepared_model.graph.node if n.op_type in ("Conv", "MatMul")]
+        check_grouped(weighted)
         float_nodes = matching(weighted, group_patterns(inputs.recipe.calibration.float_groups))
         quantize_static(
             str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,

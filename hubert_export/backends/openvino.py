@@ -35,7 +35,7 @@ import openvino as ov
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
-from hubert_export.quantization import FLOAT_GROUP_REASONS, REVERT_ORDER, covered_by, group_patterns, matching
+from hubert_export.quantization import FLOAT_GROUP_REASONS, REVERT_ORDER, check_grouped, covered_by, group_patterns, matching
 from hubert_export.passes import PORTABLE_PASSES
 from hubert_export.recipes import OpenVinoOptions, Recipe, Shape
 from hubert_export.runner import Runner, check_inputs
@@ -145,6 +145,7 @@ def _quantize(build: BuildInputs, model: ov.Model) -> tuple[ov.Model, dict[str, 
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     cal = build.recipe.calibration
+    check_grouped(op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS)
     items = build.calibration_inputs()
     names = build.input_names
 
