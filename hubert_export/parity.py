@@ -13,7 +13,8 @@ see the same inputs; outputs are compared on the real frames only (padding exclu
 
 The rates (argmax_agreement, token_edit_rate) gate only cases of at least MIN_FRAMES_FOR_RATES real
 frames: on the 1- and 3-frame built-in cases one flipped near-tie moves them by 33-100 points, so
-there the continuous metrics gate and the rates are reported. Thresholds have per-precision
+there the continuous metrics gate and the rates are reported. For the same reason the transcript WER
+against eager gates only over at least MIN_WORDS_FOR_WER eager words (the transcript CER always). Thresholds have per-precision
 defaults that a recipe can override; the report says which case and
 which metric failed and by how much. Reports are data (`ParityReport.to_dict`) written as
 `parity.json`, a readable `parity.md`, and JUnit XML on request.
@@ -63,6 +64,13 @@ log = logging.getLogger(__name__)
 # cosine 0.43 and relative L2 1.04) and report the rates without gating them.
 MIN_FRAMES_FOR_RATES = 10
 FRAME_RATE_METRICS = ("argmax_agreement", "token_edit_rate")
+# The transcript WER against eager is a rate over words: the built-in cases' synthetic audio gives a
+# trained model 18 words of garbage, where one changed letter moves WER by 5.6 points. Measured on the
+# reference model's default OpenVINO INT8 artifact: 4 words changed with its float layers in f32
+# (WER 0.222), 5 in bf16 (0.278, above 0.25), while its held-out CER on 40 real clips was 5.71% in
+# both. Below this many eager words, the transcript CER gates (and the per-case token edit rate)
+# and WER is reported per case; --data with real speech brings enough words to gate it.
+MIN_WORDS_FOR_WER = 50
 
 BUILTIN_LENGTHS = (400, 1234, 16_000, 48_077)  # the shortest valid input; lengths off the 320 grid
 BUILTIN_PADDED_BATCH = (24_000, 17_777, 9_001)
@@ -484,8 +492,11 @@ def summarize(
                     f"{case.name}: {metric} {value:.3g} {'below' if larger_is_better else 'above'} "
                     f"{threshold_name} {limit:.3g}")
     if hyps:
+        words = sum(len(ref.split()) for ref in refs)
         for metric, value in (("cer", character_error_rate(hyps, refs)), ("wer", word_error_rate(hyps, refs))):
             limit = thresholds.get(f"max_{metric}")
+            if metric == "wer" and words < MIN_WORDS_FOR_WER:
+                continue  # reported per case, not gated: see MIN_WORDS_FOR_WER
             if limit is not None and value > limit:
                 report.failures.append(f"all cases: {metric} against eager transcripts {value:.3g} above max_{metric} {limit:.3g}")
     if truth_refs:

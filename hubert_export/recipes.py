@@ -358,6 +358,11 @@ class OpenVinoOptions:
     cache_dir: FilePath | None = None
     # Some devices (NPU, older GPUs) compile only static shapes; set to reshape the model to one.
     static_shape: Shape | None = None
+    # What the layers that are not INT8 compute in. auto: bf16 for INT8 artifacts (their float feature
+    # encoder is most of an INT8 hubert-base's time; bf16 cost the gate nothing measurable), f32 for
+    # FP32 and FP16 (FP16 in bf16 failed the FP16 gate's argmax agreement on random-init hubert-base).
+    # A CPU without bf16 instructions computes f32 whatever this says.
+    inference_precision: _choice(Literal["auto", "f32", "bf16"]) = "auto"
 
 
 @with_config(_FORBID_EXTRA)

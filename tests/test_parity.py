@@ -105,3 +105,23 @@ def test_frame_rates_gate_only_cases_with_enough_frames():
     assert any("long: argmax_agreement" in f for f in long_failures)
     assert any("long: token_edit_rate" in f for f in long_failures)
     assert failures(outcome("broken", 3, 0.43)) == ["broken: min_cosine_similarity 0.43 below min_cosine_similarity 0.7"]
+
+
+def test_transcript_wer_gates_only_over_enough_words():
+    """One changed letter in 18 words of synthetic-audio transcript is WER 0.056 a word; the same
+    WER over real speech's many words fails, and the CER gate holds either way."""
+    from hubert_export.parity import MIN_WORDS_FOR_WER, CaseOutcome, CaseResult, summarize, thresholds_for
+
+    def failures(eager: str, artifact: str) -> list[str]:
+        case = CaseResult("c", [1, 16_000], {}, 0.0, 0.0,
+                          [{"eager": eager, "artifact": artifact, "reference": None}], frames=49)
+        return summarize([CaseOutcome(case)], target="openvino", precision="int8", task="ctc",
+                         thresholds=thresholds_for("int8")).failures
+
+    few = "HUK D OM UEEKFSUEC USIVK QUECH DEC EUS SHTOUTSR"  # 9 words, 3 with one letter changed below
+    changed = "HUK TD OM UEKFSUEC USIVK QUECH DEC EUS SHOUTSR"
+    assert failures(few, changed) == []
+    many = " ".join([few] * (MIN_WORDS_FOR_WER // 9 + 1))
+    assert failures(many, " ".join([changed] * (MIN_WORDS_FOR_WER // 9 + 1))) == [
+        "all cases: wer against eager transcripts 0.333 above max_wer 0.25"]
+    assert any("all cases: cer" in f for f in failures(few, "X" * len(few)))

@@ -37,7 +37,7 @@ from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
 from hubert_export.quantization import FLOAT_GROUP_REASONS, REVERT_ORDER, check_grouped, covered_by, group_patterns, matching
 from hubert_export.passes import PORTABLE_PASSES
-from hubert_export.recipes import OpenVinoOptions, Recipe, Shape
+from hubert_export.recipes import Recipe, Shape
 from hubert_export.runner import Runner, check_inputs
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class OpenVinoBackend(Backend):
         model = _convert(inputs)
         section: dict[str, Any] = {"files": [MODEL_XML, MODEL_BIN], "openvino": ov.get_version(),
                                    "weights": "fp16" if precision == "fp16" else "fp32",
-                                   "compile": compile_config(inputs.recipe.openvino)}
+                                   "compile": compile_config(inputs.recipe)}
+        section["float_compute_at_build"] = float_compute(section["compile"]["INFERENCE_PRECISION_HINT"])
         if precision == "int8":
             import nncf
             from nncf.common.logging import nncf_logger
@@ -92,11 +93,13 @@ class OpenVinoBackend(Backend):
 
         manifest = artifact.manifest
         try:
-            options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").openvino
+            recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json")
         except KeyError:
             raise HubertExportError(f"artifact {artifact.path}: manifest.json has no recipe: "
                                     "rebuild the artifact") from None
-        config = compile_config(options)
+        options = recipe.openvino
+        # As built and verified; artifacts from before backend.compile was recorded get the recipe's.
+        config = dict(manifest.get("backend", {}).get("compile") or compile_config(recipe))
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         if performance_hint is not None:
@@ -124,14 +127,29 @@ def _convert(inputs: BuildInputs) -> ov.Model:
     return model
 
 
-def compile_config(options: OpenVinoOptions) -> dict[str, str]:
-    """The CPU plugin's compile properties for a recipe's `openvino` section (all strings, JSON-able)."""
+def inference_precision(recipe: Recipe) -> str:
+    """The INFERENCE_PRECISION_HINT a recipe's artifact runs with (see `OpenVinoOptions.inference_precision`):
+    auto is bf16 for plain INT8, f32 otherwise. Accuracy control promises a drop measured in f32 too."""
+    if recipe.openvino.inference_precision != "auto":
+        return recipe.openvino.inference_precision
+    return "bf16" if recipe.precision == "int8" and recipe.calibration.max_accuracy_drop is None else "f32"
+
+
+def float_compute(hint: str) -> str:
+    """What this CPU computes the float layers in under `hint`: the plugin ignores bf16 without the instructions."""
+    return hint if hint == "f32" or "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+
+
+def compile_config(recipe: Recipe) -> dict[str, str]:
+    """The CPU plugin's compile properties for a recipe (all strings, JSON-able): the manifest's
+    `backend.compile`, which every later load of the artifact uses."""
+    options = recipe.openvino
     # CPU_RUNTIME_CACHE_CAPACITY 0: OpenVINO 2026.4's CPU plugin reuses cached kernels wrongly after a
     # one-frame input (400..719 samples) with a 7-conv feature encoder: every later, longer input
     # came out wrong (hubert-base: max abs error 2.6, argmax agreement 0). Without the cache each
     # new shape rebuilds its kernels: measured +4% latency when every call changes length.
-    config = {"PERFORMANCE_HINT": options.performance_hint.upper(), "INFERENCE_PRECISION_HINT": "f32",
-              "CPU_RUNTIME_CACHE_CAPACITY": "0"}
+    config = {"PERFORMANCE_HINT": options.performance_hint.upper(),
+              "INFERENCE_PRECISION_HINT": inference_precision(recipe), "CPU_RUNTIME_CACHE_CAPACITY": "0"}
     if options.num_threads:
         config["INFERENCE_NUM_THREADS"] = str(options.num_threads)
     if options.cache_dir is not None:
@@ -228,8 +246,11 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
     references = [fp32(model_inputs(item))[fp32.output(output)] for item in items]
     del fp32
 
+    # Candidates are scored as the artifact will run: float layers in the recipe's inference precision.
+    hint = inference_precision(build.recipe)
+
     def score(candidate: ov.Model) -> float:
-        compiled = core.compile_model(candidate, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = core.compile_model(candidate, "CPU", {"INFERENCE_PRECISION_HINT": hint})
         return float(np.mean([metric(ref, compiled(model_inputs(item))[compiled.output(output)])
                               for ref, item in zip(references, items)]))
 

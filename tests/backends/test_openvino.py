@@ -128,15 +128,18 @@ def test_int8_quantises_every_conv_and_matmul(int8_artifact):
     assert quantization["quantized_layers"] == TINY_WEIGHTED_LAYERS and quantization["float_layers"] == []
     assert quantization["calibration_samples"] == 8
     # The CPU plugin really executes them in 8 bit, feature-encoder convolutions included.
-    with get_backend("openvino").load(Artifact.open(path)) as runner:
-        runner.infer({"input_values": np.zeros((1, 16_000), np.float32)})
-        precisions = {}
-        for op in runner.compiled.get_runtime_model().get_ordered_ops():
-            info = op.get_rt_info()
-            if info["layerType"].astype(str) in ("Convolution", "FullyConnected"):
-                precisions[op.get_friendly_name()] = info["runtimePrecision"].astype(str)
+    precisions = runtime_precisions(path)
     assert sum("feature_extractor/conv_layers" in n for n in precisions) == 3
     assert set(precisions.values()) <= {"u8", "i8"}, precisions
+
+
+def runtime_precisions(artifact_dir: Path) -> dict[str, str]:
+    """What the CPU plugin executes each Convolution / FullyConnected layer of an artifact in."""
+    with get_backend("openvino").load(Artifact.open(artifact_dir)) as runner:
+        runner.infer({"input_values": np.zeros((1, 16_000), np.float32)})
+        return {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str)
+                for op in runner.compiled.get_runtime_model().get_ordered_ops()
+                if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected")}
 
 
 def test_int8_default_keeps_the_feature_encoder_in_float(ctc_checkpoint, calibration_dir, tmp_path):
@@ -153,6 +156,20 @@ def test_int8_default_keeps_the_feature_encoder_in_float(ctc_checkpoint, calibra
     assert all("feature_extractor" in n or "/feature_projection/" in n or "/attention/MatMul" in n for n in floats)
     assert quantization["quantized_layers"] == TINY_WEIGHTED_LAYERS - len(floats)
     assert "feature-encoder" in quantization["float_groups"]["feature_encoder"]  # the reason is recorded
+    # ... and runs in bf16 where the CPU has the instructions (openvino.inference_precision: auto).
+    backend = Artifact.open(tmp_path / "int8").manifest["backend"]
+    expected = "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    assert backend["compile"]["INFERENCE_PRECISION_HINT"] == "bf16" and backend["float_compute_at_build"] == expected
+    encoder = {n: p for n, p in runtime_precisions(tmp_path / "int8").items() if "feature_extractor/conv_layers" in n}
+    assert len(encoder) == 3 and set(encoder.values()) == {expected}, encoder
+
+
+def test_int8_float_layers_in_f32_when_the_recipe_says(ctc_checkpoint, calibration_dir, tmp_path):
+    recipe = openvino_recipe("int8", **{"calibration.data": calibration_dir, "openvino.inference_precision": "f32"})
+    export_artifact(ctc_checkpoint, tmp_path / "int8", recipe, latency_repeats=0)
+    assert Artifact.open(tmp_path / "int8").manifest["backend"]["float_compute_at_build"] == "f32"
+    encoder = {n: p for n, p in runtime_precisions(tmp_path / "int8").items() if "feature_extractor/conv_layers" in n}
+    assert set(encoder.values()) == {"f32"}, encoder
 
 
 def test_int8_options_reach_nncf(ctc_checkpoint, calibration_dir, tmp_path):
