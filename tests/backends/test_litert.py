@@ -94,6 +94,20 @@ def test_other_shapes_are_refused_naming_the_built_one(shipped):
     assert "\n" not in str(error.value)
 
 
+@needs_litert
+def test_golden_check_runs_the_stored_cases_through_the_window(shipped):
+    """`check --golden` of a fixed-window artifact with an attention mask: the stored cases shorter
+    than the window run padded into it, as the build ran them (before, the first one was refused)."""
+    from hubert_export.golden import check_golden
+
+    path, report = shipped("fp32")
+    golden = check_golden(path, latency_repeats=1)
+    assert golden.passed, golden.failures
+    assert [c.name for c in golden.cases] == [c.name for c in report.cases]
+    assert any(c.shape[1] < WINDOW for c in golden.cases)  # really run through the window
+    assert golden.latency is not None
+
+
 @pytest.mark.skipif(HAS_LITERT, reason="the [litert] extra is installed: the refusal cannot happen here")
 def test_target_refuses_without_the_extra(tmp_path, capsys):
     assert_refused_without_extra("litert", "litert", tmp_path, capsys)
