@@ -278,7 +278,7 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
 
     # What the artifact accepts: the recipe's range unless the back end built for less.
     shape_range = artifact.shape_range() or recipe.shapes.range
-    window = shape_range.opt if shape_range.min == shape_range.max else None
+    window = shape_range.window
     max_samples = None if window else shape_range.max.samples
     # A fixed-window artifact (LiteRT) is checked on the recipe's cases, each run through the window.
     cases = builtin_cases(fe, with_mask, recipe.shapes.range if window else shape_range)

@@ -236,6 +236,11 @@ class ShapeRange:
     def to_dict(self) -> dict[str, dict[str, int]]:
         return {"min": self.min.to_dict(), "opt": self.opt.to_dict(), "max": self.max.to_dict()}
 
+    @property
+    def window(self) -> Shape | None:
+        """The one shape of a range that allows only one (a LiteRT artifact's window), else None."""
+        return self.opt if self.min == self.max else None
+
     @model_validator(mode="after")
     def _ordered(self) -> ShapeRange:
         _check_order(self.min, self.opt, self.max, prefix="the range's ")

@@ -84,12 +84,12 @@ class Transcriber:
 
             self.shape_range = artifact.shape_range()
             self.runner = get_backend(artifact.target).load(artifact).activate()
-            if self.shape_range is not None and self.shape_range.min == self.shape_range.max:
+            self.window = self.shape_range.window if self.shape_range is not None else None
+            if self.window is not None:
                 # Built for one shape (LiteRT): every chunk runs through that window, zero-padded.
                 from hubert_export.runner import WindowRunner
                 from hubert_export.tasks import family_of, frame_axes
 
-                self.window = self.shape_range.opt
                 ctc = family_of(self.config).task("ctc")
                 self.runner = WindowRunner(self.runner, self.window.batch, self.window.samples,
                                            self.config.num_frames, frame_axes(ctc, False)).activate()
