@@ -88,8 +88,9 @@ def check_grouped(names: Iterable[str]) -> None:
     """Refuse to quantise a graph with a Conv/MatMul (`names`) that no fine layer group finds: its
     float-or-INT8 choice would be made by accident. A graph pass once renamed every feature-encoder
     conv of hubert-large (`node_Conv_0`), the float feature encoder matched nothing and was quantised."""
-    fine = group_patterns(g for g in LAYER_GROUPS if g != "feature_encoder")
-    lost = [n for n in names if not matching([n], fine)]
+    names = list(names)
+    grouped = set(matching(names, group_patterns(g for g in LAYER_GROUPS if g != "feature_encoder")))
+    lost = [n for n in names if n not in grouped]
     if lost:
         shown = ", ".join(repr(n) for n in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
         raise InternalError(f"layers {shown} belong to no INT8 layer group (hubert_export/quantization.py "

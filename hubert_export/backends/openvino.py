@@ -163,7 +163,7 @@ def _quantize(build: BuildInputs, model: ov.Model) -> tuple[ov.Model, dict[str, 
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     cal = build.recipe.calibration
-    check_grouped(op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS)
+    check_grouped(_weighted_layers(model))
     items = build.calibration_inputs()
     names = build.input_names
 
@@ -256,7 +256,7 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
 
     float_groups = list(cal.float_groups)
     # Groups with no Conv/MatMul in this model (conv6 of a 3-conv encoder, a head-less model) are skipped.
-    weighted = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
+    weighted = _weighted_layers(model)
     candidates = [g for g in REVERT_ORDER
                   if not covered_by(g, float_groups) and matching(weighted, group_patterns([g]))]
     log.info(f"accuracy control: max {metric.__name__} drop {drop:g} on {len(items)} recordings, "
@@ -324,6 +324,11 @@ def revert_to_float(quantized: ov.Model, layer_names: list[str], original: ov.Mo
                     add.input(index).replace_source_output(
                         ov.op.Constant(old_bias.get_data().copy()).output(0))
     return reverted
+
+
+def _weighted_layers(model: ov.Model) -> list[str]:
+    """The names of the Conv/MatMul layers: what the layer groups and NNCF's scopes are matched against."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
 
 
 def _agreement_metric(task: str):
