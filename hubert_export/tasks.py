@@ -158,21 +158,27 @@ CTC_LOGITS = TensorSpec("logits", "float32", 3, {0: "batch", 1: "frames"}, lambd
 CLASS_LOGITS = TensorSpec("logits", "float32", 2, {0: "batch"}, lambda c: {1: c.num_labels})
 HIDDEN_STATES = TensorSpec("hidden_states", "float32", 4, {0: "batch", 2: "frames"},
                            lambda c: {1: c.num_hidden_layers + 1, 3: c.hidden_size})
-FEATURE_EXTRACTION_DESCRIPTION = "the encoder's last hidden state, (batch, frames, hidden)"
-CTC_DESCRIPTION = "per-frame token logits for CTC decoding, (batch, frames, vocab)"
-CLASSIFICATION_DESCRIPTION = "one row of class logits per utterance, (batch, labels)"
+
+
+def speech_tasks(backbone: type[nn.Module], ctc: type[nn.Module],
+                 classification: type[nn.Module]) -> dict[str, TaskSpec]:
+    """The three tasks of the network, on one family's model classes (the same outputs and heads)."""
+    return {
+        "feature-extraction": TaskSpec("feature-extraction", backbone, LAST_HIDDEN_STATE,
+                                       "the encoder's last hidden state, (batch, frames, hidden)"),
+        "ctc": TaskSpec("ctc", ctc, CTC_LOGITS, "per-frame token logits for CTC decoding, (batch, frames, vocab)",
+                        head_prefix="lm_head."),
+        "sequence-classification": TaskSpec("sequence-classification", classification, CLASS_LOGITS,
+                                            "one row of class logits per utterance, (batch, labels)",
+                                            head_prefix="classifier."),
+    }
+
 
 HUBERT = ModelFamily(
     name="hubert",
     config_class=HubertConfig,
     inputs=SPEECH_INPUTS,
-    tasks={
-        "feature-extraction": TaskSpec("feature-extraction", HubertModel, LAST_HIDDEN_STATE,
-                                        FEATURE_EXTRACTION_DESCRIPTION),
-        "ctc": TaskSpec("ctc", HubertForCTC, CTC_LOGITS, CTC_DESCRIPTION, head_prefix="lm_head."),
-        "sequence-classification": TaskSpec("sequence-classification", HubertForSequenceClassification,
-                                             CLASS_LOGITS, CLASSIFICATION_DESCRIPTION, head_prefix="classifier."),
-    },
+    tasks=speech_tasks(HubertModel, HubertForCTC, HubertForSequenceClassification),
     architectures={
         "HubertModel": "feature-extraction",
         "HubertForCTC": "ctc",
@@ -186,13 +192,7 @@ WAV2VEC2 = ModelFamily(
     name="wav2vec2",
     config_class=Wav2Vec2Config,
     inputs=SPEECH_INPUTS,
-    tasks={
-        "feature-extraction": TaskSpec("feature-extraction", Wav2Vec2Model, LAST_HIDDEN_STATE,
-                                        FEATURE_EXTRACTION_DESCRIPTION),
-        "ctc": TaskSpec("ctc", Wav2Vec2ForCTC, CTC_LOGITS, CTC_DESCRIPTION, head_prefix="lm_head."),
-        "sequence-classification": TaskSpec("sequence-classification", Wav2Vec2ForSequenceClassification,
-                                             CLASS_LOGITS, CLASSIFICATION_DESCRIPTION, head_prefix="classifier."),
-    },
+    tasks=speech_tasks(Wav2Vec2Model, Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification),
     architectures={
         "Wav2Vec2Model": "feature-extraction",
         "Wav2Vec2ForCTC": "ctc",
