@@ -375,13 +375,19 @@ def run_check(args: argparse.Namespace) -> int:
         report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
                                 latency_repeats=args.latency_repeats,
                                 corpus_options=_corpus_options(args), normalize=args.normalize)
-    if args.report_dir is None:
-        import tempfile
-
-        args.report_dir = Path(tempfile.mkdtemp(prefix="hubert-export-check-"))
-    report.write(args.report_dir)
-    _print_report(report, args.artifact, args.report_dir)
+    report_dir = _report_dir(args)
+    report.write(report_dir)
+    _print_report(report, args.artifact, report_dir)
     return EXIT_OK if report.passed else EXIT_PARITY_FAILED
+
+
+def _report_dir(args: argparse.Namespace) -> Path:
+    """--report-dir, or a new temporary directory (the check only reads the artifact)."""
+    if args.report_dir is not None:
+        return args.report_dir
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="hubert-export-check-"))
 
 
 def _print_report(report, artifact: Path, report_dir: Path) -> None:
@@ -409,17 +415,13 @@ def run_ray_check(args: argparse.Namespace) -> int:
     require_ray()  # the one-line refusal before any other work
     if args.golden:
         raise HubertExportError("check --golden runs on the deployment target itself: drop --ray")
-    if args.report_dir is None:
-        import tempfile
-
-        args.report_dir = Path(tempfile.mkdtemp(prefix="hubert-export-check-"))
     result = check_corpus(args.artifacts, args.data, address=args.ray, files=args.ray_files,
                           workers=args.workers or 1, reference_workers=args.reference_workers,
                           batch_size=args.batch_size or 1, bucketing=args.bucketing,
                           results_dir=args.results_dir, reference=args.reference,
                           corpus_options=_corpus_options(args), normalize=args.normalize,
                           latency_repeats=args.latency_repeats, cpus_per_worker=args.cpus_per_worker or 1.0,
-                          gpus_per_worker=args.gpus_per_worker, report_dir=args.report_dir, junit=args.junit)
+                          gpus_per_worker=args.gpus_per_worker, report_dir=_report_dir(args), junit=args.junit)
     for label, report in result.reports.items():
         _print_report(report, result.artifacts[label], result.report_dirs[label])
     if args.data is not None:

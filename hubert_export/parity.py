@@ -14,8 +14,8 @@ see the same inputs; outputs are compared on the real frames only (padding exclu
 The rates (argmax_agreement, token_edit_rate) gate only cases of at least MIN_FRAMES_FOR_RATES real
 frames: on the 1- and 3-frame built-in cases one flipped near-tie moves them by 33-100 points, so
 there the continuous metrics gate and the rates are reported. For the same reason the transcript WER
-against eager gates only over at least MIN_WORDS_FOR_WER eager words (the transcript CER always). Thresholds have per-precision
-defaults that a recipe can override; the report says which case and
+against eager gates only over at least MIN_WORDS_FOR_WER eager words (the transcript CER always).
+Thresholds have per-precision defaults that a recipe can override; the report says which case and
 which metric failed and by how much. Reports are data (`ParityReport.to_dict`) written as
 `parity.json`, a readable `parity.md`, and JUnit XML on request.
 """
