@@ -2,7 +2,7 @@
 
     python benchmarks/int8_accuracy.py [--reference tests/data/reference-ctc] [--data tests/data/reference-speech]
                                        [--base DIR] [--configs a,b,...] [--repeats 7] [--threads 2]
-                                       [--work DIR] [--reuse] [--out benchmarks/results/int8-accuracy]
+                                       [--work DIR] [--reuse] [--out benchmarks/results/int8-accuracy-ISA]
 
 One run, one machine. Each configuration (below) is built twice with the product's own builds
 (`export_artifact` and the recipes users get):
@@ -39,17 +39,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import transformers_subject  # noqa: E402  benchmarks/baselines.py
 from eager import checkpoint_dir  # noqa: E402  benchmarks/eager.py: the random hubert-base checkpoint
-from int8_sensitivity import cpu_flags  # noqa: E402  the CPU flags that decide INT8 speed
+from hubert_export.isa import cpu_flags, host_isa  # noqa: E402  the CPU flags that decide INT8 speed and rounding
 
 # (name, target, precision, recipe overrides): what a user gets from each command line.
+# The defaults follow the build machine's ISA (hubert_export/isa.py): 7-bit weights without VNNI, bf16
+# float layers with bf16 instructions; the "-8bit" rows force NNCF's / ONNX Runtime's own defaults.
+CONV1_6 = {"calibration.float_groups": ["conv0", "feature_projection", "attention_scores"]}
 CONFIGS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("onnx-fp32", "onnx", "fp32", {}),
     ("onnx-int8-dynamic", "onnx", "int8", {"calibration.method": "dynamic"}),
+    ("onnx-int8-dynamic-8bit", "onnx", "int8", {"calibration.method": "dynamic", "calibration.overflow_fix": "disable"}),
     ("onnx-int8-static", "onnx", "int8", {}),
+    ("onnx-int8-static-8bit", "onnx", "int8", {"calibration.overflow_fix": "disable"}),
+    ("onnx-int8-static-conv1-6", "onnx", "int8", CONV1_6),
     ("openvino-fp32", "openvino", "fp32", {}),
     ("openvino-fp16", "openvino", "fp16", {}),
     ("openvino-int8", "openvino", "int8", {}),  # float layers in bf16 where the CPU has it (auto)
+    ("openvino-int8-8bit", "openvino", "int8", {"calibration.overflow_fix": "first_layer"}),
     ("openvino-int8-f32", "openvino", "int8", {"openvino.inference_precision": "f32"}),
+    ("openvino-int8-conv1-6", "openvino", "int8", CONV1_6),
     ("openvino-int8-accuracy-control", "openvino", "int8", {"calibration.max_accuracy_drop": 0.01}),
     ("openvino-int8-every-conv", "openvino", "int8", {"calibration.float_groups": []}),
     ("executorch-fp32", "executorch", "fp32", {}),
@@ -121,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "hubert-export" / "int8-accuracy")
     parser.add_argument("--reuse", action="store_true", help="reuse artifacts already built in --work")
     parser.add_argument("--no-latency", action="store_true", help="accuracy and build times only (a busy machine)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "int8-accuracy")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/int8-accuracy-ISA (this machine's, "
+                                                 "hubert_export/isa.py)")
     args = parser.parse_args(argv)
+    args.out = args.out or REPO / "benchmarks" / "results" / f"int8-accuracy-{host_isa().name}"
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
     logging.getLogger("nncf").setLevel(logging.WARNING)
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if "reference" in row:
             row["reference"]["cer_delta_points"] = 100 * (row["reference"]["cer"] - eager_cer)
     meta = {"created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu_model(),
-            "cpu_flags": cpu_flags(), "threads": args.threads, "seconds": args.seconds, "repeats": args.repeats,
+            "cpu_flags": cpu_flags(), "isa": host_isa().name, "threads": args.threads, "seconds": args.seconds, "repeats": args.repeats,
             "reference": str(args.reference.relative_to(REPO) if args.reference.is_relative_to(REPO) else args.reference),
             "clips": len(clips), "base": "random-init hubert-base HubertForCTC" if args.base is None else str(args.base),
             "libraries": bench["machine"]["libraries"] if bench else None}
@@ -196,9 +206,13 @@ def markdown(rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
              f"CER/WER: {meta['reference']} on its {meta['clips']} held-out clips; latency: {meta['base']} at "
              f"{meta['seconds']:g} s, batch 1, median of {meta['repeats']}; ratio: against transformers' eager model, "
              "same run.", "",
-             "| artifact | CER | ΔCER (points) | WER | latency | × transformers eager | build on hubert-base | gate on hubert-base |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"ISA: {meta.get('isa', '?')}. × FP32: against the FP32 artifact of the same back end.", "",
+             "| artifact | CER | ΔCER (points) | WER | latency | × transformers eager | × FP32 | build on hubert-base "
+             "| gate on hubert-base |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.items():
+        fp32 = (rows.get(f"{row['target']}-fp32") or {}).get("latency") or {}
+        fp32_p50 = fp32.get("p50_s")
         ref, lat, bb = row.get("reference", {}), row.get("latency") or {}, row.get("base_build") or {}
         p50 = lat.get("p50_s")
         speedup = lat.get("speedup")
@@ -208,6 +222,7 @@ def markdown(rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(f"| {name} | {pct(ref.get('cer'))} | {'—' if delta is None else f'{delta:+.2f}'} | "
                      f"{pct(ref.get('wer'))} | {'—' if p50 is None else f'{p50:.3f} s'} | "
                      f"{'—' if not speedup else f'{1 / speedup:.2f}'} | "
+                     f"{'—' if p50 is None or not fp32.get('p50_s') else f'{p50 / fp32_p50:.2f}'} | "
                      f"{built} | {gate} |")
     return "\n".join(lines) + "\n"
 

@@ -204,15 +204,6 @@ def latency(run, samples: int, repeats: int) -> float:
     return float(np.median(times))
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
-    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8"})
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, action="append", default=[], help="checkpoint directory (repeatable)")

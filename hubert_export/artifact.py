@@ -527,6 +527,23 @@ class Artifact:
         return self._manifest.get("task")
 
     @property
+    def int8_layers(self) -> int | None:
+        """How many Conv/MatMul layers compute in INT8 (None: not an INT8 artifact, or built before the
+        count was recorded for every back end)."""
+        if self.precision != "int8":
+            return None
+        backend = self._manifest.get("backend") or {}
+        if "int8_layers" in backend:
+            return backend["int8_layers"]
+        quantization = backend.get("quantization")
+        return quantization.get("quantized_layers") if isinstance(quantization, dict) else None
+
+    @property
+    def deployment_isa(self) -> str | None:
+        """The CPU instruction set the artifact was built for (hubert_export/isa.py); None before it was recorded."""
+        return (self._manifest.get("isa") or {}).get("deployment")
+
+    @property
     def model_files(self) -> list[Path]:
         """The back end's model files: `backend.files` when recorded, else by file suffix."""
         backend = self._manifest.get("backend")

@@ -224,8 +224,8 @@ def _artifact_info(subject: Subject) -> dict[str, Any]:
             metric, value = f"1 - {metric}", 1 - value
         accuracy = {"passed": parity.get("passed"), "worst": worst,
                     "headline": {"metric": metric, "value": value}}
-    return {"target": artifact.target, "precision": artifact.precision,
-            "size_bytes": sum(f.stat().st_size for f in artifact.model_files if f.is_file()), "accuracy": accuracy}
+    return {"target": artifact.target, "precision": artifact.precision, "int8_layers": artifact.int8_layers,
+            "deployment_isa": artifact.deployment_isa, "size_bytes": sum(f.stat().st_size for f in artifact.model_files if f.is_file()), "accuracy": accuracy}
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,7 +493,10 @@ def markdown(results: dict[str, Any]) -> str:
         parity = {True: "pass", False: "FAIL"}.get(acc.get("passed"), "-")
         load = f"{r['load_seconds']:.2f} s" if r.get("load_seconds") is not None else f"error: {r['error']}"
         size = f"{r['size_bytes'] / 1e6:.1f} MB" if r.get("size_bytes") is not None else "-"
-        lines.append(f"| {r['name']} | {r['kind']} | {r.get('target') or '-'} | {r.get('precision') or '-'} | "
+        precision = r.get("precision") or "-"
+        if r.get("int8_layers") is not None:
+            precision += f" ({r['int8_layers']} INT8 layers, for {r.get('deployment_isa') or 'an unrecorded ISA'})"
+        lines.append(f"| {r['name']} | {r['kind']} | {r.get('target') or '-'} | {precision} | "
                      f"{size} | {load} | {rss} | {parity} | {delta} |")
     if results.get("notes"):
         lines += [""] + [f"- {note}" for note in results["notes"]]

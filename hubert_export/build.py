@@ -29,9 +29,10 @@ from hubert_export.backends import Backend, BuildInputs, ExportedGraph, get_back
 from hubert_export.corpus import CorpusOptions
 from hubert_export.errors import HubertExportError
 from hubert_export.hub import resolve_model
+from hubert_export.isa import manifest_section
 from hubert_export.model import HubertConfig, load_config
 from hubert_export.model.weights import load_checkpoint_state
-from hubert_export.golden import RecordingRunner, write_golden
+from hubert_export.golden import RecordingRunner, note_machine, write_golden
 from hubert_export.parity import (CaseOutcome, ParityCase, ParityReport, builtin_cases, data_cases, fit_cases,
                                   run_cases, shape_case, summarize, thresholds_for)
 from hubert_export.recipes import Recipe, ShapeRange
@@ -172,7 +173,7 @@ def export_artifact(
             task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
             io=family.io_section(input_names, task, recipe.export.output_hidden_states, config),
             shape_range=(built.shape_range or recipe.shapes.range).to_dict(),
-            backend=backend_section,
+            backend=backend_section, isa=manifest_section(recipe.deployment_isa),
         )
         # Written twice: the runner reads this one; the last one adds the reports' and golden outputs'
         # hashes (the model files' digests carried over, not read again).
@@ -309,6 +310,7 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
         outcomes = run_cases(reference, candidate, cases, config=config, task=task.name, tokenizer=tokenizer)
         report = summarize(outcomes, target=artifact.target, precision=artifact.precision, task=task.name,
                            thresholds=thresholds, tokenizer=tokenizer, normalize=normalize)
+        note_machine(report, artifact)
         opt = shape_range.opt
         if latency_repeats > 0:
             log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")

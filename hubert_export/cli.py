@@ -21,9 +21,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from hubert_export.errors import EXIT_INTERNAL, EXIT_OK, EXIT_PARITY_FAILED, HubertExportError, InternalError
+from hubert_export.isa import IsaName
 
 SUBCOMMANDS = ("build", "check", "transcribe", "bench")  # no command: build
 
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="INT8: recordings to calibrate on (default: a built-in set)")
     parser.add_argument("--max-accuracy-drop", type=float, metavar="X",
                         help="OpenVINO INT8: accuracy-controlled quantisation keeping the metric drop under X")
+    parser.add_argument("--deployment-isa", type=str.lower, choices=list(get_args(IsaName)), metavar="ISA",
+                        help="INT8: the CPU the artifact is for, which decides INT8 arithmetic (default: this "
+                             "machine's): " + ", ".join(get_args(IsaName)))
     parser.add_argument("--data", type=Path, metavar="CORPUS",
                         help="also check parity on these recordings: a folder (transcripts.tsv, LibriSpeech, Kaldi or "
                              "STEM.txt transcripts add CER/WER), a CSV/TSV/JSONL manifest, or a datasets folder")
@@ -291,6 +295,7 @@ def _recipe_from_args(args: argparse.Namespace):
         "target": args.target, "precision": args.precision, "task": args.task, "export.opset": args.opset,
         "export.output_hidden_states": args.output_hidden_states, "export.attention_mask": args.attention_mask,
         "calibration.data": args.calibration_data, "calibration.max_accuracy_drop": args.max_accuracy_drop,
+        "deployment_isa": args.deployment_isa,
     }
     for slot in ("min", "opt", "max"):
         shape = getattr(args, f"{slot}_shape")
@@ -318,6 +323,8 @@ def run_build(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.3g}" for k, v in sorted(worst.items())) + ")")
     for failure in result.report.failures:
         print(f"  - {failure}")
+    if result.report.isa:
+        print(f"machine    {result.report.machine_line()}")
     if result.latency_seconds is not None:
         b, s = result.latency_shape
         compute = (result.report.latency or {}).get("compute_seconds")
@@ -395,6 +402,8 @@ def _print_report(report, artifact: Path, report_dir: Path) -> None:
           f"{len(report.cases)} cases)")
     for failure in report.failures:
         print(f"  - {failure}")
+    if report.isa:
+        print(report.machine_line())
     if report.ground_truth:
         gt = report.ground_truth
         print(f"reference transcripts: artifact CER {gt['artifact_cer']:.3f} (eager {gt['eager_cer']:.3f}), "

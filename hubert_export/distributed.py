@@ -405,8 +405,10 @@ def _builtin_check(files: Files, checkpoint: Files, latency_repeats: int, thread
     except HubertExportError as exc:
         failure = _failure(exc, files, checkpoint)
         raise HubertExportError(failure["error"], exit_code=failure["exit_code"]) from None
+    # isa: the CPU of the node that ran the built-in cases (golden.note_machine), INT8 layers with it.
     return {"outcomes": [o.to_dict() for o in verification.outcomes], "latency": verification.report.latency,
-            "thresholds": verification.thresholds}
+            "thresholds": verification.thresholds, "isa": verification.report.isa,
+            "int8_layers": verification.report.int8_layers}
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -717,7 +719,7 @@ def check_corpus(
         tokenizer = CTCTokenizer.from_dir(path) if (path / "vocab.json").is_file() else None
         report = summarize(outcomes, target=subject.artifact.target, precision=subject.artifact.precision,
                            task=subject.task, thresholds=found["thresholds"], tokenizer=tokenizer, normalize=normalize)
-        report.latency = found["latency"]
+        report.latency, report.isa, report.int8_layers = found["latency"], found["isa"], found["int8_layers"]
         result.reports[subject.label] = report
     if report_dir is not None:
         for label, report in result.reports.items():

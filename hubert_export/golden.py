@@ -217,6 +217,18 @@ def check_golden(artifact_dir: str | Path, *, junit: str | Path | None = None,
             opt = shape_range.opt
             log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
             report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples, latency_repeats)
+    note_machine(report, artifact)
     if junit:
         Path(junit).write_text(report.to_junit())
     return report
+
+
+def note_machine(report: ParityReport, artifact: artifacts.Artifact) -> None:
+    """Record in `report` the CPU that checked the artifact and its INT8 layer count, and say so when
+    the artifact's INT8 arithmetic was meant for another kind of CPU (the verdict is this one's)."""
+    from hubert_export.isa import check_section
+
+    report.isa = check_section(artifact.precision, artifact.deployment_isa)
+    report.int8_layers = artifact.int8_layers
+    if report.isa["note"]:
+        log.warning(report.isa["note"])

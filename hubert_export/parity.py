@@ -107,6 +107,8 @@ class ParityReport:
     normalization: str | None = None  # what was done to transcripts before ground_truth's CER/WER
     worst_utterances: list[dict[str, Any]] = field(default_factory=list)
     latency: dict[str, Any] | None = None  # runner.median_latency at the opt shape, when measured
+    isa: dict[str, Any] | None = None  # isa.check_section: the checking CPU, and what the artifact was built for
+    int8_layers: int | None = None  # an INT8 artifact's Conv/MatMul layers that compute in INT8
 
     @property
     def passed(self) -> bool:
@@ -129,15 +131,28 @@ class ParityReport:
             "passed": self.passed, "target": self.target, "precision": self.precision, "task": self.task,
             "thresholds": self.thresholds, "worst": self.worst(), "failures": self.failures,
             "ground_truth": self.ground_truth, "normalization": self.normalization,
-            "worst_utterances": self.worst_utterances, "latency": self.latency,
+            "worst_utterances": self.worst_utterances, "latency": self.latency, "isa": self.isa,
+            "int8_layers": self.int8_layers,
             "cases": [dataclasses.asdict(c) for c in self.cases],
         }
+
+    def machine_line(self) -> str:
+        """Where the check ran and what it ran: the CPU's ISA and flags, the ISA the artifact was built
+        for, its INT8 layer count, and the arithmetic note when the two ISAs differ."""
+        here = self.isa["checked_on"]
+        line = f"checked on {here['isa']} ({', '.join(here['flags']) or 'flags unknown'})"
+        if self.isa.get("built_for"):
+            line += f", built for {self.isa['built_for']}"
+        if self.int8_layers is not None:
+            line += f"; {self.int8_layers} INT8 layers"
+        return line + (f"; note: {self.isa['note']}" if self.isa.get("note") else "")
 
     def to_markdown(self) -> str:
         metrics = sorted({m for c in self.cases for m in c.metrics})
         lines = [
             f"# Parity: {self.target} {self.precision} ({self.task})", "",
             f"Verdict: **{'PASS' if self.passed else 'FAIL'}**", "",
+            *([self.machine_line(), ""] if self.isa else []),
             "| case | shape | " + " | ".join(metrics) + " |",
             "| --- | --- | " + " | ".join("---" for _ in metrics) + " |",
         ]

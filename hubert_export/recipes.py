@@ -44,6 +44,7 @@ from pydantic_core import PydanticCustomError
 
 from hubert_export.audio import MIN_SAMPLES
 from hubert_export.errors import HubertExportError
+from hubert_export.isa import IsaName
 from hubert_export.quantization import DEFAULT_FLOAT_GROUPS, LAYER_GROUPS
 
 TargetName = Literal["onnx", "openvino", "tensorrt", "litert", "executorch"]
@@ -177,6 +178,7 @@ def _choice(literal: Any) -> Any:
 
 
 Target = _choice(TargetName)
+DeploymentIsa = Literal[("auto", *get_args(IsaName))]  # type: ignore[valid-type]
 LayerGroupName = Literal[tuple(LAYER_GROUPS)]  # type: ignore[valid-type]
 LayerGroups = Annotated[tuple[_choice(LayerGroupName), ...],
                         Field(description="layer groups (hubert_export/quantization.py) kept in float by INT8"),
@@ -342,6 +344,10 @@ class CalibrationOptions:
     float_groups: LayerGroups = DEFAULT_FLOAT_GROUPS
     fast_bias_correction: StrictBool = True
     max_accuracy_drop: Fraction | None = None  # set: NNCF accuracy-controlled quantisation
+    # 7-bit weights against the 16-bit saturation of INT8 products on CPUs without VNNI
+    # (hubert_export/isa.py): enable everywhere (ONNX Runtime's reduce_range, NNCF's overflow_fix),
+    # first_layer (NNCF's default; ONNX Runtime: 8 bits), disable, or auto: as the deployment ISA needs.
+    overflow_fix: _choice(Literal["auto", "enable", "first_layer", "disable"]) = "auto"
 
 
 @with_config(_FORBID_EXTRA)
@@ -366,7 +372,8 @@ class OpenVinoOptions:
     # What the layers that are not INT8 compute in. auto: bf16 for INT8 artifacts (their float feature
     # encoder is most of an INT8 hubert-base's time; bf16 cost the gate nothing measurable), f32 for
     # FP32 and FP16 (FP16 in bf16 failed the FP16 gate's argmax agreement on random-init hubert-base).
-    # A CPU without bf16 instructions computes f32 whatever this says.
+    # auto means f32 where the deployment ISA lacks bf16 instructions (the CPU computes f32 there
+    # whatever this says).
     inference_precision: _choice(Literal["auto", "f32", "bf16"]) = "auto"
 
 
@@ -452,6 +459,8 @@ class Recipe:
     name: Name = "recipe"  # left out: the file's stem
     description: Annotated[str, Strict()] = ""
     task: Task = "auto"
+    # The CPU the artifact is for, which decides INT8 arithmetic (hubert_export/isa.py); auto: this machine's.
+    deployment_isa: _choice(DeploymentIsa) = "auto"
     export: ExportOptions = field(default_factory=ExportOptions)
     shapes: Shapes = field(default_factory=Shapes)
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)

@@ -142,3 +142,18 @@ def test_transformers_baseline_opens_through_its_opener(checkpoint, class_name, 
         assert theirs.class_name == class_name and type(ours.model).__name__ == class_name
         assert theirs.load_seconds is not None and theirs.load_seconds >= 0
         np.testing.assert_allclose(theirs.infer(x)["logits"], ours.infer(x)["logits"], atol=1e-4)
+
+
+def test_cli_prints_an_int8_artifacts_layer_count_and_isa(ctc_checkpoint, tmp_path, capsys):
+    from hubert_export.artifact import Artifact
+    from hubert_export.build import export_artifact
+    from hubert_export.recipes import default_recipe
+
+    recipe = default_recipe("onnx", "int8").with_overrides(**{"calibration.method": "dynamic"})
+    export_artifact(ctc_checkpoint, tmp_path / "int8", recipe, latency_repeats=0)
+    artifact = Artifact.open(tmp_path / "int8")
+    assert artifact.int8_layers > 0
+    code = main(["bench", str(tmp_path / "int8"), "--lengths", "0.1", "--repeats", "1", "--warmup", "0",
+                 "--threads", "1", "--no-memory", "--ceiling-size", "64", "--quiet"])
+    assert code == 0
+    assert f"int8 ({artifact.int8_layers} INT8 layers, for {artifact.deployment_isa})" in capsys.readouterr().out

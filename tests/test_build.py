@@ -133,10 +133,11 @@ def test_int8_artifacts_pass_their_thresholds(ctc_checkpoint, calibration_dir, t
     ops = {n.op_type for n in model.graph.node}
     # Really quantised: integer matmuls (dynamic) or quantize/dequantize pairs (static QDQ)
     assert ({"MatMulInteger", "DynamicQuantizeLinear"} <= ops) if method == "dynamic" else ({"QuantizeLinear", "DequantizeLinear"} <= ops)
-    worst = result.report.worst()
-    assert worst["argmax_agreement"] > 0.9 and worst["max_abs_error"] > 1e-6  # close, but not the FP32 graph
+    # Close (the gate's verdict above), but not the FP32 graph; how close depends on the CPU's INT8
+    # arithmetic (hubert_export/isa.py), so the gate, not a figure measured on one CPU, is the bar.
+    assert result.report.worst()["max_abs_error"] > 1e-6
     manifest = Artifact.open(tmp_path / method).manifest
-    assert manifest["backend"]["quantization"] == method
+    assert manifest["backend"]["quantization"] == method and manifest["backend"]["int8_layers"] > 0
 
 
 def test_feature_extraction_with_hidden_states(large_checkpoint, tmp_path):

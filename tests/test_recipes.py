@@ -63,6 +63,7 @@ def test_the_expected_recipes_are_shipped():
         "gpu-server-tensorrt-fp16.yaml",
         "jetson-orin-tensorrt-fp16.yaml",
         "x86-cpu-openvino-int8.yaml",
+        "x86-avx2-onnxruntime-int8.yaml",
         "arm64-onnxruntime-int8.yaml",
         "ci-gate.yaml",
     } <= names
@@ -91,10 +92,14 @@ def test_shipped_recipes_say_what_the_brief_asks():
     x86 = load_recipe(RECIPES_DIR / "x86-cpu-openvino-int8.yaml")
     assert (x86.target, x86.precision, x86.openvino.performance_hint) == ("openvino", "int8", "latency")
     assert x86.calibration.preset == "mixed" and x86.calibration.max_accuracy_drop == 0.01
+    # The x86 INT8 recipes say which CPUs they are for: INT8 arithmetic differs with and without VNNI.
+    avx2 = load_recipe(RECIPES_DIR / "x86-avx2-onnxruntime-int8.yaml")
+    assert (x86.deployment_isa, avx2.deployment_isa) == ("x86-avx512-vnni", "x86-avx2")
+    assert (avx2.target, avx2.precision, avx2.calibration.method) == ("onnx", "int8", "static")
 
     arm = load_recipe(RECIPES_DIR / "arm64-onnxruntime-int8.yaml")
     assert (arm.target, arm.precision, arm.calibration.method) == ("onnx", "int8", "dynamic")
-    assert arm.onnxruntime.intra_op_threads == 4
+    assert arm.onnxruntime.intra_op_threads == 4 and arm.deployment_isa == "arm64"
 
     ci = load_recipe(RECIPES_DIR / "ci-gate.yaml")
     assert (ci.target, ci.precision, ci.thresholds.max_cer) == ("onnx", "fp32", 0.0)

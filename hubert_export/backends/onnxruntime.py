@@ -22,6 +22,7 @@ import onnxruntime as ort
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
+from hubert_export.isa import resolve_overflow_fix
 from hubert_export.quantization import FLOAT_GROUP_REASONS, check_grouped, group_patterns, matching
 from hubert_export.passes import ONNXRUNTIME_OFFLINE_PASSES, PORTABLE_PASSES
 from hubert_export.recipes import Recipe
@@ -62,17 +63,27 @@ class OnnxRuntimeBackend(Backend):
             method = inputs.recipe.calibration.method
             log.info(f"quantising to INT8 ({method})")
             patterns = inputs.recipe.calibration.ignored_scopes
+            # 7-bit weights where INT8 products saturate (CPUs without VNNI: hubert_export/isa.py).
+            reduce_range = resolve_overflow_fix(inputs.recipe.calibration.overflow_fix,
+                                                inputs.recipe.deployment_isa) == "enable"
             if method == "dynamic":
                 excluded = resolve_ignored_nodes(inputs.graph.model(), patterns)
-                _quantize_dynamic(inputs.graph.file(), target, excluded)
+                _quantize_dynamic(inputs.graph.file(), target, excluded, reduce_range)
             else:
-                section["calibration_samples"], excluded, float_nodes = _quantize_static(inputs, target)
+                section["calibration_samples"], excluded, float_nodes = _quantize_static(inputs, target, reduce_range)
                 groups = inputs.recipe.calibration.float_groups
                 section["float_groups"] = {g: FLOAT_GROUP_REASONS.get(g, "recipe") for g in groups}
                 section["float_layers"] = float_nodes
                 log.info(f"INT8: {len(float_nodes)} Conv/MatMul nodes left in float ({', '.join(groups) or 'no group'})")
             section["quantization"] = method
+            section["format"] = (("dynamic U8S8 MatMul" if method == "dynamic" else "static QDQ U8S8 per-channel")
+                                 + (", 7-bit weights (reduce_range)" if reduce_range else ", 8-bit weights"))
             section["excluded_nodes"] = excluded
+            section["int8_layers"] = int8_layer_count(onnx.load(str(target), load_external_data=False))
+            if section["int8_layers"] == 0:
+                raise HubertExportError("INT8 quantisation left every Conv/MatMul in float: the artifact would be an "
+                                        "FP32 model labelled INT8; narrow calibration.float_groups/ignored_scopes, "
+                                        "or build --precision fp32")
         elif precision == "fp16":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise HubertExportError(
@@ -118,15 +129,25 @@ def resolve_ignored_nodes(model: onnx.ModelProto, patterns: Sequence[str]) -> li
     return excluded
 
 
-def _quantize_dynamic(source: Path, target: Path, excluded: list[str]) -> None:
+def int8_layer_count(model: onnx.ModelProto) -> int:
+    """The Conv/MatMul layers that compute in INT8: integer ops (dynamic), or float ops whose input
+    is dequantised (static QDQ, which ONNX Runtime fuses into integer kernels at load)."""
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    integer = sum(n.op_type in ("MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul") for n in model.graph.node)
+    qdq = sum(n.op_type in ("Conv", "MatMul") and producers.get(n.input[0]) == "DequantizeLinear"
+              for n in model.graph.node)
+    return integer + qdq
+
+
+def _quantize_dynamic(source: Path, target: Path, excluded: list[str], reduce_range: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # MatMul only: ONNX Runtime's dynamic ConvInteger kernels are slower than float Conv on x86.
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     nodes_to_exclude=excluded, extra_options={"MatMulConstBOnly": True})
+                     nodes_to_exclude=excluded, reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_static(inputs: BuildInputs, target: Path) -> tuple[int, list[str], list[str]]:
+def _quantize_static(inputs: BuildInputs, target: Path, reduce_range: bool) -> tuple[int, list[str], list[str]]:
     """Static QDQ INT8; returns the calibration count, the nodes the recipe's ignored_scopes exclude
     and the Conv/MatMul nodes its float_groups keep in float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -154,7 +175,7 @@ def _quantize_static(inputs: BuildInputs, target: Path) -> tuple[int, list[str],
         quantize_static(
             str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=["MatMul", "Conv"],
+            reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Conv"],
             nodes_to_exclude=float_nodes + [n for n in excluded if n not in float_nodes],
             extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True},
         )

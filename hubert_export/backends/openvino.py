@@ -35,7 +35,9 @@ import openvino as ov
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError
-from hubert_export.quantization import FLOAT_GROUP_REASONS, REVERT_ORDER, check_grouped, covered_by, group_patterns, matching
+from hubert_export.isa import deployment_isa, resolve_overflow_fix
+from hubert_export.quantization import (FLOAT_GROUP_REASONS, REVERT_ORDER, check_grouped, compute_layers, covered_by,
+                                        group_patterns, matching)
 from hubert_export.passes import PORTABLE_PASSES
 from hubert_export.recipes import Recipe, Shape
 from hubert_export.runner import Runner, check_inputs
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"
 _WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
+# benchmarks/results/int8-accuracy-x86-avx2.md, random-init hubert-base, 10 s: OpenVINO INT8 0.98x
+# OpenVINO FP32 (0.97x with only the feed-forward in INT8), ONNX Runtime static INT8 0.76x its FP32.
+NO_INT8_SPEEDUP = ("OpenVINO INT8 runs no faster than OpenVINO FP32 on {isa} CPUs (no VNNI; measured 0.98x on "
+                   "hubert-base): the artifact is smaller, not faster; for speed there build --target onnx "
+                   "--precision int8 (0.76x its FP32)")
 # Ops between a FakeQuantize and the layer it feeds (layout changes, dequantisation converts).
 _TRANSPARENT_OPS = {"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Convert"}
 
@@ -79,13 +86,13 @@ class OpenVinoBackend(Backend):
             finally:
                 nncf.set_log_level(level)
             section["nncf"] = nncf.__version__
+            section["int8_layers"] = section["quantization"]["quantized_layers"]
+            isa = deployment_isa(inputs.recipe.deployment_isa)
+            if isa.name.startswith("x86") and not isa.vnni:
+                section["speed_note"] = NO_INT8_SPEEDUP.format(isa=isa.name)
+                log.warning(section["speed_note"])
         ov.save_model(model, str(inputs.out_dir / MODEL_XML), compress_to_fp16=precision == "fp16")
-        control = section.get("quantization", {}).get("accuracy_control", {})
-        failures = [] if control.get("reached", True) else [
-            f"accuracy control reached a {control['metric']} drop of {control['drop']:.4f}, above the requested "
-            f"{control['max_drop']:g}, with {', '.join(control['float_groups'])} in float: raise "
-            "calibration.max_accuracy_drop, calibrate on more representative audio, or use fp16/fp32"]
-        return BackendBuild(section, failures=failures)
+        return BackendBuild(section, failures=_accuracy_control_failures(section.get("quantization", {})))
 
     def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
              performance_hint: str | None = None) -> OpenVinoRunner:
@@ -116,6 +123,28 @@ class OpenVinoBackend(Backend):
         )
 
 
+def _accuracy_control_failures(quantization: dict[str, Any]) -> list[str]:
+    """Why an accuracy-controlled build fails: the drop was not reached, or reaching it left no layer
+    in INT8 (an FP32 model labelled INT8, which a build must never hand over as a success)."""
+    control = quantization.get("accuracy_control")
+    if not control:
+        return []
+    figures = (f"{control['metric']} drop {control['drop']:.4f} against the requested {control['max_drop']:g}, "
+               f"with {', '.join(control['float_groups'])} in float")
+    if not control["reached"]:
+        return [f"accuracy control did not reach the drop: {figures}: raise calibration.max_accuracy_drop, "
+                "calibrate on more representative audio, or use fp16/fp32"]
+    if not quantization["compute_int8_layers"]:
+        useful = [s for s in control["steps"] if s["compute_int8_layers"]]
+        best = max(useful, key=lambda s: s["metric"]) if useful else None
+        closest = (f"; the best candidate with INT8 there ({best['compute_int8_layers']} layers) had a drop of "
+                   f"{1 - best['metric']:.4f}") if best else ""
+        return [f"accuracy control reached the drop only by reverting every convolution, attention and feed-forward "
+                f"layer to float ({quantization['quantized_layers']} INT8 layers left; {figures}{closest}): that is an "
+                "FP32 model, so build --precision fp32, or raise calibration.max_accuracy_drop"]
+    return []
+
+
 def _convert(inputs: BuildInputs) -> ov.Model:
     model = ov.convert_model(str(inputs.graph.file()))
     # The converter keeps ONNX value names as tensor names; check, since runners look them up by name.
@@ -129,10 +158,11 @@ def _convert(inputs: BuildInputs) -> ov.Model:
 
 def inference_precision(recipe: Recipe) -> str:
     """The INFERENCE_PRECISION_HINT a recipe's artifact runs with (see `OpenVinoOptions.inference_precision`):
-    auto is bf16 for plain INT8, f32 otherwise. Accuracy control promises a drop measured in f32 too."""
+    auto is bf16 for plain INT8 on a deployment ISA with bf16 instructions, f32 otherwise. Accuracy control promises a drop measured in f32 too."""
     if recipe.openvino.inference_precision != "auto":
         return recipe.openvino.inference_precision
-    return "bf16" if recipe.precision == "int8" and recipe.calibration.max_accuracy_drop is None else "f32"
+    plain_int8 = recipe.precision == "int8" and recipe.calibration.max_accuracy_drop is None
+    return "bf16" if plain_int8 and deployment_isa(recipe.deployment_isa).bf16 else "f32"
 
 
 def float_compute(hint: str) -> str:
@@ -160,7 +190,8 @@ def compile_config(recipe: Recipe) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ INT8
 def _quantize(build: BuildInputs, model: ov.Model) -> tuple[ov.Model, dict[str, Any]]:
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
+                                                       OverflowFix)
 
     cal = build.recipe.calibration
     check_grouped(_weighted_layers(model))
@@ -172,9 +203,13 @@ def _quantize(build: BuildInputs, model: ov.Model) -> tuple[ov.Model, dict[str, 
 
     dataset = nncf.Dataset(items, model_inputs)
     alpha = cal.smooth_quant_alpha
-    advanced = AdvancedQuantizationParameters()
+    # 7-bit weights where INT8 products saturate (CPUs without VNNI: hubert_export/isa.py). NNCF's
+    # default protects the first convolution only, which the default float groups keep in float anyway.
+    overflow_fix = resolve_overflow_fix(cal.overflow_fix, build.recipe.deployment_isa)
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix={"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}[overflow_fix])
     if alpha is not None:
-        advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
+        advanced = dataclasses.replace(advanced, smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
     options: dict[str, Any] = dict(
         preset=nncf.QuantizationPreset.PERFORMANCE if cal.preset == "performance" else nncf.QuantizationPreset.MIXED,
         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items),
@@ -183,7 +218,11 @@ def _quantize(build: BuildInputs, model: ov.Model) -> tuple[ov.Model, dict[str, 
     details: dict[str, Any] = {"method": "nncf-ptq", "calibration_samples": len(items), "preset": cal.preset,
                                "smooth_quant_alpha": alpha, "ignored_scopes": list(cal.ignored_scopes),
                                "float_groups": {g: FLOAT_GROUP_REASONS.get(g, "recipe") for g in cal.float_groups},
-                               "fast_bias_correction": cal.fast_bias_correction}
+                               "fast_bias_correction": cal.fast_bias_correction, "overflow_fix": overflow_fix,
+                               "format": "NNCF FakeQuantize, u8 activations x s8 weights"
+                                         + (", 7-bit weights" if overflow_fix == "enable" else
+                                            ", 7-bit weights in the first convolution" if overflow_fix == "first_layer"
+                                            else "")}
     if cal.max_accuracy_drop is None:
         log.info(f"quantising to INT8 with NNCF on {len(items)} recordings")
         quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **options)
@@ -195,7 +234,11 @@ def _quantize(build: BuildInputs, model: ov.Model) -> tuple[ov.Model, dict[str, 
             g: FLOAT_GROUP_REASONS.get(g, "recipe") if g in cal.float_groups else "reverted by accuracy control"
             for g in details["accuracy_control"]["float_groups"]}
     quantized_ops, float_ops = _layer_precisions(quantized)
-    details["quantized_layers"] = len(quantized_ops)
+    if not quantized_ops and cal.max_accuracy_drop is None:
+        raise HubertExportError("INT8 quantisation left every Conv/MatMul in float: the artifact would be an FP32 "
+                                "model labelled INT8; narrow calibration.float_groups/ignored_scopes, or build "
+                                "--precision fp32")
+    details.update(_int8_counts(quantized))
     details["float_layers"] = float_ops
     log.info(f"INT8: {len(quantized_ops)} layers quantised, {len(float_ops)} left in float")
     return quantized, details
@@ -267,7 +310,8 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
     uncompressed = dataclasses.replace(advanced, backend_params={**advanced.backend_params, "compress_weights": False})
     quantized = nncf.quantize(model, dataset, advanced_parameters=uncompressed, **{**options, "ignored_scope": scope})
     best, best_value, best_groups = quantized, score(quantized), list(float_groups)
-    steps = [{"float_groups": list(float_groups), "metric": best_value}]
+    steps = [{"float_groups": list(float_groups), "metric": best_value,
+              **_int8_counts(quantized)}]
     log.info(f"accuracy control: start ({', '.join(float_groups) or 'nothing'} in float): "
              f"{metric.__name__} {best_value:.4f}, drop {1 - best_value:.4f}")
     for index, group in enumerate(candidates, start=1):
@@ -276,7 +320,8 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
         float_groups.append(group)
         candidate = revert_to_float(quantized, matching(weighted, group_patterns(float_groups)), model)
         value = score(candidate)
-        steps.append({"float_groups": list(float_groups), "metric": value})
+        steps.append({"float_groups": list(float_groups), "metric": value,
+                      **_int8_counts(candidate)})
         log.info(f"accuracy control: revert {index}/{len(candidates)} {group}: {metric.__name__} {value:.4f}, "
                  f"drop {1 - value:.4f}")
         if value >= best_value:
@@ -342,6 +387,12 @@ def _agreement_metric(task: str):
         return float(np.mean(np.where(norms == 0, 1.0, (a * b).sum(-1) / np.maximum(norms, 1e-12))))
 
     return frame_argmax_agreement if task == "ctc" else mean_cosine_similarity
+
+
+def _int8_counts(model: ov.Model) -> dict[str, int]:
+    """How many Conv/MatMul layers are INT8, and how many of those are where INT8 saves time."""
+    quantized = _layer_precisions(model)[0]
+    return {"quantized_layers": len(quantized), "compute_int8_layers": len(compute_layers(quantized))}
 
 
 def _layer_precisions(model: ov.Model) -> tuple[list[str], list[str]]:

@@ -1,8 +1,11 @@
-"""ONNX Runtime back end: INT8 ignored scopes are regular expressions resolved to node names."""
+"""ONNX Runtime back end: INT8 ignored scopes are regular expressions resolved to node names; INT8 weights
+follow the deployment ISA."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from hubert_export.artifact import Artifact
@@ -10,6 +13,7 @@ from hubert_export.backends.onnxruntime import resolve_ignored_nodes
 from hubert_export.build import export_artifact
 from hubert_export.errors import EXIT_BAD_INPUT, HubertExportError
 from hubert_export.export import export_onnx
+from hubert_export.isa import Isa, host_isa
 from hubert_export.model import HubertForCTC
 from hubert_export.recipes import default_recipe
 from hubert_export.tasks import get_task
@@ -65,3 +69,26 @@ def test_int8_build_with_a_dead_pattern_fails_and_leaves_nothing(ctc_checkpoint,
         export_artifact(ctc_checkpoint, tmp_path / "out", recipe)
     assert info.value.exit_code == EXIT_BAD_INPUT and "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["dynamic", "static"])
+def test_int8_weights_are_7_bit_for_a_cpu_without_vnni(ctc_checkpoint, calibration_dir, tmp_path, method):
+    """Without VNNI, pairs of u8 x s8 products saturate a 16-bit sum unless weights stay within 7 bits
+    (hubert_export/isa.py): the deployment ISA decides, and the manifest says which and how many layers."""
+    largest_weight = {}
+    for isa in ("x86-avx2", "x86-avx512-vnni"):
+        recipe = default_recipe("onnx", "int8").with_overrides(**{
+            "calibration.method": method, "calibration.data": calibration_dir, "deployment_isa": isa})
+        result = export_artifact(ctc_checkpoint, tmp_path / isa, recipe, latency_repeats=0)
+        model = onnx.load(str(tmp_path / isa / "model.onnx"))
+        weights = [onnx.numpy_helper.to_array(t).astype(np.int32) for t in model.graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]  # not per-channel zero points
+        largest_weight[isa] = max(int(np.abs(w).max()) for w in weights)
+        manifest = Artifact.open(tmp_path / isa).manifest
+        assert manifest["isa"]["deployment"] == isa
+        assert ("7-bit" in manifest["backend"]["format"]) == (isa == "x86-avx2")
+        integer_ops = sum(n.op_type == "MatMulInteger" for n in model.graph.node)
+        assert manifest["backend"]["int8_layers"] == (integer_ops if method == "dynamic" else len(weights)) > 0
+        # The check says when this CPU's INT8 arithmetic is not the one the artifact was built for.
+        assert bool(result.report.isa["note"]) == (isa != host_isa().name and Isa(isa).vnni != host_isa().vnni)
+    assert largest_weight["x86-avx2"] <= 64 < largest_weight["x86-avx512-vnni"]
