@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from eager import checkpoint_dir  # benchmarks/eager.py: the random hubert-base checkpoint
-from plots import plot  # benchmarks/plots.py
+from hubert_export.plots import plot  # noqa: E402
 from hubert_export.bench import Subject, artifact_subject, run_benchmark, write_results
 from hubert_export.errors import HubertExportError
 

@@ -484,10 +484,18 @@ def run_bench(args: argparse.Namespace) -> int:
     results = run_benchmark(subjects, lengths=args.lengths, batches=args.batch, repeats=args.repeats,
                             warmup=args.warmup, threads=args.threads, baseline=baseline,
                             memory=not args.no_memory, ceiling_size=args.ceiling_size)
-    written = write_results(results, args.output) if args.output is not None else []
+    written, note = [], None
+    if args.output is not None:
+        from hubert_export.plots import plot
+
+        written = write_results(results, args.output)
+        pngs, note = plot(results, args.output)
+        written += pngs
     print(markdown(results), end="")
     if written:
         print(f"wrote {', '.join(str(p) for p in written)}")
+    if note:
+        print(note)
     return EXIT_OK
 
 

@@ -3,7 +3,7 @@
 A layer group is a regular expression over layer names, which are the ONNX node names that the
 OpenVINO converter keeps as friendly names ("/model/hubert/feature_extractor/conv_layers.3/conv/Conv").
 `benchmarks/int8_sensitivity.py` quantises one group at a time with the same names; its table
-(README, "INT8 accuracy") is the evidence behind `DEFAULT_FLOAT_GROUPS`.
+(docs/int8.md) is the evidence behind `DEFAULT_FLOAT_GROUPS`.
 
 This module is torch-free: recipes (and a torch-free `check --golden`) import it.
 """

@@ -618,7 +618,7 @@ def recipe_json_schema() -> dict[str, Any]:
         defs["Shapes"]["properties"][slot]["$ref"] = "#/$defs/PartialShape"
     return {"$schema": "https://json-schema.org/draft/2020-12/schema"} | schema | {
         "title": "hubert-export recipe",
-        "description": "One deployment of a HuBERT checkpoint; see the README's Recipes section."}
+        "description": "One deployment of a HuBERT checkpoint; see docs/recipes.md."}
 
 
 def _parse_text(text: str, label: str, json_only: bool) -> Any:

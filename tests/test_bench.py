@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from hubert_export.bench import SCHEMA_VERSION, Subject, _summarise, artifact_su
     write_results
 from hubert_export.cli import main
 from hubert_export.flops import count_flops
+from hubert_export.plots import plot
 from hubert_export.model import HubertConfig
 
 
@@ -103,7 +105,7 @@ def test_reports(results, tmp_path):
     assert table == markdown(json.loads((tmp_path / "bench.json").read_text()))
     assert "| tiny-onnx | 0.02 s | 1 | skipped:" in table and "| eager | 0.1 s | 2 |" in table
     pytest.importorskip("matplotlib")
-    pngs, note = _benchmarks_module("plots").plot(json.loads(json.dumps(results)), tmp_path)
+    pngs, note = plot(json.loads(json.dumps(results)), tmp_path)
     assert note is None and {p.name for p in pngs} == {"latency.png", "accuracy_vs_speedup.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
@@ -115,7 +117,22 @@ def test_cli(onnx_artifact, tmp_path, capsys):
     data = json.loads((tmp_path / "bench.json").read_text())
     assert [m["subject"] for m in data["measurements"]] == [onnx_artifact.name]
     assert data["subjects"][0]["memory"] is None and data["settings"]["baseline"] is None
-    assert f"| {onnx_artifact.name} | 0.1 s | 1 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"| {onnx_artifact.name} | 0.1 s | 1 |" in out
+    # --output draws the plots where matplotlib (the [bench] extra) is installed, and says how to get them elsewhere
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "latency.png" in out
+    else:
+        assert "pip install hubert-export[bench]" in out and not (tmp_path / "latency.png").exists()
+
+
+def test_cli_without_matplotlib_says_how_to_get_the_plots(onnx_artifact, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    code = main(["bench", str(onnx_artifact), "--lengths", "0.1", "--repeats", "1", "--warmup", "0",
+                 "--threads", "1", "--no-memory", "--ceiling-size", "64", "--output", str(tmp_path), "--quiet"])
+    assert code == 0 and "plots skipped: matplotlib is not installed (pip install hubert-export[bench])" in \
+        capsys.readouterr().out
+    assert (tmp_path / "bench.json").is_file() and not list(tmp_path.glob("*.png"))
 
 
 def test_cli_bad_input(tmp_path, capsys):

@@ -18,7 +18,7 @@ weight-normed positional convolution is folded into a plain convolution for the 
 ONNX. int64 inputs (`attention_mask`) become int32, LiteRT's index type.
 
 The extra is installed with `pip install 'hubert-export[litert]'`, in an environment of its own:
-its converter pins typing-extensions below the version the core's pydantic needs (see README).
+its converter pins typing-extensions below the version the core's pydantic needs (see docs/backends.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from hubert_export.runner import Runner, check_inputs
 
 MODEL_NAME = "model.tflite"
 SIGNATURE = "serving_default"
-EXTRA_HINT = "pip install 'hubert-export[litert]' (in its own virtual environment: see the README)"
+EXTRA_HINT = "pip install 'hubert-export[litert]' (in its own virtual environment: see docs/backends.md)"
 # Static INT8 quantises the weights and activations of these ops (the model's MatMuls and the
 # feature encoder's convolutions after the first, a depthwise one), as the ONNX Runtime back end
 # does. ai-edge-quantizer's full-integer recipe (every op, waveform input included) measured on the

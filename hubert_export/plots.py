@@ -1,6 +1,7 @@
 """The benchmark plots: latency against audio length, and accuracy delta against speed-up.
 
-Outside the package: matplotlib is a benchmark dependency only (extra `bench`).
+matplotlib is a benchmark dependency only (extra `bench`), imported when a plot is drawn: without it
+`plot` draws nothing and says how to get it.
 """
 
 from __future__ import annotations
