@@ -54,6 +54,7 @@ from typing import Any, Iterator, Mapping
 import filelock
 
 from hubert_export.errors import HubertExportError
+from hubert_export.targets import model_suffixes
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -77,9 +78,6 @@ METADATA_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
 )
-
-# Used to tell model files from copied metadata when a manifest's backend section names none.
-MODEL_SUFFIXES = (".onnx", ".onnx.data", ".onnx_data", ".data", ".xml", ".bin", ".engine", ".plan")
 
 # distribution-name candidates for each reported library, first installed one wins
 _LIBRARIES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -545,14 +543,15 @@ class Artifact:
 
     @property
     def model_files(self) -> list[Path]:
-        """The back end's model files: `backend.files` when recorded, else by file suffix."""
+        """The back end's model files: `backend.files` when recorded, else by the registered back ends'
+        file suffixes (hubert_export/targets.py)."""
         backend = self._manifest.get("backend")
         named = backend.get("files") if isinstance(backend, dict) else None
         if isinstance(named, dict):
             named = list(named)
         if isinstance(named, list) and named and all(isinstance(n, str) for n in named):
             return [self._path / n for n in named]
-        return [self._path / n for n in sorted(self._manifest["files"]) if n.endswith(MODEL_SUFFIXES)]
+        return [self._path / n for n in sorted(self._manifest["files"]) if n.endswith(model_suffixes())]
 
     def shape_range(self) -> Any:
         """The manifest's shape_range as a recipes.ShapeRange (None when not recorded)."""

@@ -25,6 +25,7 @@ from typing import Any, get_args
 
 from hubert_export.errors import EXIT_INTERNAL, EXIT_OK, EXIT_PARITY_FAILED, HubertExportError, InternalError
 from hubert_export.isa import IsaName
+from hubert_export.targets import TARGETS
 
 SUBCOMMANDS = ("build", "check", "transcribe", "bench")  # no command: build
 
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a HuBERT checkpoint to a verified ONNX Runtime, OpenVINO or TensorRT artifact. "
                     "Other commands: check, transcribe, bench (hubert-export COMMAND --help).",
     )
-    parser.add_argument("--target", choices=["onnx", "openvino", "tensorrt", "litert", "executorch"],
+    parser.add_argument("--target", choices=list(TARGETS),
                         help="back end to build for (required unless --recipe names one)")
     parser.add_argument("--model", type=Path,
                         help="checkpoint directory (config.json + model.safetensors), or a model id (owner/name) in "
@@ -288,7 +289,7 @@ def _recipe_from_args(args: argparse.Namespace):
     if args.recipe is not None:
         recipe = load_recipe(args.recipe)
     elif args.target is None:
-        raise HubertExportError("no target: pass --target onnx|openvino|tensorrt|litert|executorch or --recipe FILE")
+        raise HubertExportError(f"no target: pass --target {'|'.join(TARGETS)} or --recipe FILE")
     else:
         recipe = default_recipe(args.target, args.precision)
     overrides: dict[str, Any] = {

@@ -46,24 +46,12 @@ from hubert_export.audio import MIN_SAMPLES
 from hubert_export.errors import HubertExportError
 from hubert_export.isa import IsaName
 from hubert_export.quantization import DEFAULT_FLOAT_GROUPS, LAYER_GROUPS
+from hubert_export.targets import TARGETS, on_change
 
-TargetName = Literal["onnx", "openvino", "tensorrt", "litert", "executorch"]
 PrecisionName = Literal["fp32", "fp16", "int8"]
 TaskName = Literal["auto", "feature-extraction", "ctc", "sequence-classification"]
-TARGETS: tuple[str, ...] = get_args(TargetName)
 PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
 TASKS: tuple[str, ...] = get_args(TaskName)
-
-# ONNX Runtime FP16 runs only on its CUDA / TensorRT execution providers; the back end checks that.
-PRECISIONS_BY_TARGET: dict[str, tuple[str, ...]] = {
-    "onnx": ("fp32", "int8", "fp16"),
-    "openvino": ("fp32", "fp16", "int8"),
-    "tensorrt": ("fp16", "fp32"),
-    "litert": ("fp32", "fp16", "int8"),
-    "executorch": ("fp32", "int8"),
-}
-DEFAULT_PRECISION: dict[str, str] = {"onnx": "fp32", "openvino": "fp32", "tensorrt": "fp16", "litert": "fp32",
-                                     "executorch": "fp32"}
 
 # 18: the oldest opset torch's dynamo exporter writes; 21: the newest every back end here reads.
 OPSET_RANGE: tuple[int, int] = (18, 21)
@@ -177,7 +165,20 @@ def _choice(literal: Any) -> Any:
     return Annotated[literal, BeforeValidator(_lower)]
 
 
-Target = _choice(TargetName)
+def _known_target(name: str) -> str:
+    if name not in TARGETS:
+        raise _problem(f"{name!r} is not a target; allowed: {', '.join(TARGETS)}")
+    return name
+
+
+def _target_names(schema: dict[str, Any]) -> None:
+    schema["enum"] = list(TARGETS)  # read when the schema is made: back ends registered since count
+
+
+# A string checked against the back-end registry (hubert_export/targets.py) when a recipe is
+# validated, not a Literal fixed at import: a back end registered later is a target too.
+Target = Annotated[str, Strict(), BeforeValidator(_lower), AfterValidator(_known_target),
+                   Field(json_schema_extra=_target_names)]
 DeploymentIsa = Literal[("auto", *get_args(IsaName))]  # type: ignore[valid-type]
 LayerGroupName = Literal[tuple(LAYER_GROUPS)]  # type: ignore[valid-type]
 LayerGroups = Annotated[tuple[_choice(LayerGroupName), ...],
@@ -484,7 +485,8 @@ class Recipe:
         # An empty YAML section (`calibration:`) is null: the section's defaults.
         data = {k: v for k, v in data.items() if not (k in _SECTIONS and v is None)}
         if data.get("precision") is None and isinstance(data.get("target"), str):
-            data["precision"] = DEFAULT_PRECISION.get(_lower(data["target"]))
+            spec = TARGETS.get(_lower(data["target"]))
+            data["precision"] = spec.default_precision if spec else None
         if data.get("name") is None:
             data["name"] = (info.context or {}).get("default_name", "recipe")
         if data.get("description") is None:
@@ -493,7 +495,7 @@ class Recipe:
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        allowed = PRECISIONS_BY_TARGET[self.target]
+        allowed = TARGETS[self.target].precisions
         if self.precision not in allowed:
             raise _problem(f"{self.precision!r} is not supported for target {self.target!r}; "
                            f"allowed: {', '.join(allowed)}", at="precision")
@@ -538,8 +540,8 @@ class Recipe:
         # TensorRT (which has no INT8 path here) becomes FP16 instead of failing.
         if flat.get("target") is not None and flat.get("precision") is None:
             target = data["target"]
-            if target in PRECISIONS_BY_TARGET and data["precision"] not in PRECISIONS_BY_TARGET[target]:
-                data["precision"] = DEFAULT_PRECISION[target]
+            if target in TARGETS and data["precision"] not in TARGETS[target].precisions:
+                data["precision"] = TARGETS[target].default_precision
         return _validate(data, f"recipe {self.source} with command-line overrides", self.source,
                          default_name=self.name, shape_defaults=self.shapes.range)
 
@@ -597,7 +599,7 @@ def default_recipe(target: str, precision: str | None = None) -> Recipe:
     data: dict[str, Any] = {"target": target}
     if precision is not None:
         data["precision"] = precision
-    name = f"{target}-{precision or DEFAULT_PRECISION.get(target, 'default')}"
+    name = f"{target}-{precision or (TARGETS[target].default_precision if target in TARGETS else 'default')}"
     return _validate(data, "--target/--precision", "<command line>", default_name=name)
 
 
@@ -611,7 +613,7 @@ def recipe_json_schema() -> dict[str, Any]:
     schema["required"] = ["target"]
     schema["properties"]["precision"] = {
         "anyOf": [schema["properties"]["precision"], {"type": "null"}],
-        "description": "null or left out: " + ", ".join(f"{p} for {t}" for t, p in DEFAULT_PRECISION.items()),
+        "description": "null or left out: " + ", ".join(f"{s.default_precision} for {t}" for t, s in TARGETS.items()),
     }
     defs["PartialShape"] = {k: v for k, v in defs["Shape"].items() if k != "required"} | {"title": "PartialShape"}
     for slot in ("min", "opt", "max"):
@@ -659,6 +661,9 @@ def _adapter() -> TypeAdapter[Recipe]:
 @functools.cache
 def _schema() -> dict[str, Any]:
     return _adapter().json_schema()
+
+
+on_change(_schema.cache_clear)  # the schema lists the registered targets
 
 
 def _validate(data: Any, label: str, source: str, *, base_dir: Path | None = None,

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubert_export.errors import HubertExportError
+from hubert_export.targets import TARGETS
 from hubert_export.recipes import (
     DEFAULT_FP32_LAYERS,
-    TARGETS,
     CalibrationOptions,
     ExportOptions,
     OnnxRuntimeOptions,
@@ -411,7 +411,7 @@ def _section(cls) -> st.SearchStrategy:
 
 # Schema-shaped data: a valid target and real section names, so the fuzz gets past the first check.
 _SECTIONS = st.fixed_dictionaries(
-    {"target": st.sampled_from(TARGETS)},
+    {"target": st.sampled_from(list(TARGETS))},
     optional={
         "precision": st.sampled_from(["fp32", "fp16", "int8", "FP16", None, 16]),
         "task": st.sampled_from(["auto", "ctc", "feature-extraction", "asr"]),

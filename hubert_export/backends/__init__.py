@@ -1,6 +1,7 @@
 """Back ends: one file each, one registry line each.
 
-Adding a back end is one new module here with a `Backend` subclass, plus its line in `BACKENDS`.
+Adding a back end is one new module here with a `Backend` subclass, plus its line in
+`hubert_export/targets.py` (`TARGETS`), the one list the CLI, the recipe schema and `Artifact` read.
 The interface (everything generic code may call; nothing is probed with hasattr):
 
     class MyBackend(Backend):
@@ -45,21 +46,12 @@ from hubert_export.audio import FeatureExtractorConfig
 from hubert_export.errors import HubertExportError
 from hubert_export.model.config import HubertConfig
 from hubert_export.recipes import Recipe, Shape, ShapeRange
+from hubert_export.targets import TARGETS
 
 if TYPE_CHECKING:  # torch-free at run time: `check --golden` loads back ends on machines without torch
     from hubert_export.artifact import Artifact
     from hubert_export.runner import Runner
     from hubert_export.tasks import TaskSpec
-
-# target name (as given to --target) -> "module:class" implementing `Backend`
-BACKENDS: dict[str, str] = {
-    "onnx": "hubert_export.backends.onnxruntime:OnnxRuntimeBackend",
-    "openvino": "hubert_export.backends.openvino:OpenVinoBackend",
-    "tensorrt": "hubert_export.backends.tensorrt:TensorRtBackend",
-    "litert": "hubert_export.backends.litert:LiteRtBackend",
-    "executorch": "hubert_export.backends.executorch:ExecuTorchBackend",
-}
-
 
 class ExportedGraph:
     """The exported ONNX model after the back end's passes: bytes and/or a parsed model, and a file
@@ -163,7 +155,7 @@ class Backend:
 
 def get_backend(target: str) -> Backend:
     """The back end implementing `target`, imported on first use (TensorRT is an optional extra)."""
-    if target not in BACKENDS:
-        raise HubertExportError(f"unknown target {target!r}: choose one of {', '.join(sorted(BACKENDS))}")
-    module_name, class_name = BACKENDS[target].split(":")
+    if target not in TARGETS:
+        raise HubertExportError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    module_name, class_name = TARGETS[target].backend.split(":")
     return getattr(importlib.import_module(module_name), class_name)()
