@@ -509,7 +509,7 @@ class Artifact:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """A copy: change the manifest on disk through `update_manifest`."""
+        """A copy: only a build writes an artifact's manifest."""
         return copy.deepcopy(self._manifest)
 
     @property
@@ -579,16 +579,3 @@ class Artifact:
         if problems:
             raise HubertExportError(f"artifact {self._path}: {'; '.join(problems)}: rebuild the artifact")
 
-    def update_manifest(self, section: str, value: Any) -> None:
-        """Set one top-level section (e.g. "parity") and rewrite manifest.json atomically.
-
-        The `files` table is kept as recorded at build time: re-hashing here would bless a model
-        file modified since the build.
-        """
-        if section in ("files", "manifest_version"):
-            raise ValueError(f"the manifest's {section!r} is written only by the build")
-        updated = copy.deepcopy(self._manifest)
-        updated[section] = value
-        _write_json_atomic(self._path / MANIFEST_NAME, updated)
-        # Keep what was written (after the JSON round trip) so that `manifest` matches the file.
-        self._manifest = json.loads(json.dumps(updated, default=_json_default))

@@ -2,7 +2,7 @@
 
 Every pass leaves its input unchanged, keeps the graph's input and output names and dynamic
 dimensions, and keeps numerical parity with its input; `run_passes` checks the first two after each
-pass and `check_parity` measures the third.
+pass and the tests measure the third (tests/test_passes.py).
 
     fold_constants            constant folding, rewrite clean-ups, unused-node removal, CSE
                               (onnxscript's optimiser)
@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from hubert_export.errors import EXIT_PARITY_FAILED, HubertExportError, InternalError
+from hubert_export.errors import HubertExportError, InternalError
 
 logger = logging.getLogger(__name__)
 
@@ -416,39 +416,3 @@ def _io_signature(model: onnx.ModelProto) -> tuple:
     inputs = [v for v in model.graph.input if v.name not in initializers]
     return tuple(describe(inputs)), tuple(describe(model.graph.output))
 
-
-def check_parity(before: onnx.ModelProto, after: onnx.ModelProto, inputs: dict[str, np.ndarray],
-                 atol: float = 1e-5) -> float:
-    """Max abs difference between the two models' outputs on `inputs`, run by ONNX Runtime on CPU.
-
-    Raises (exit code EXIT_PARITY_FAILED) when outputs differ in name or shape or by more than atol.
-    """
-    ref, new = _run_ort(before, inputs), _run_ort(after, inputs)
-    if list(ref) != list(new):
-        raise HubertExportError(f"outputs changed from {list(ref)} to {list(new)}: the pass broke the graph's interface",
-                                exit_code=EXIT_PARITY_FAILED)
-    worst = 0.0
-    for name, expected in ref.items():
-        actual = new[name]
-        if actual.shape != expected.shape:
-            raise HubertExportError(f"output {name} changed shape from {expected.shape} to {actual.shape}",
-                                    exit_code=EXIT_PARITY_FAILED)
-        if expected.size:
-            worst = max(worst, float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))))
-    if not worst <= atol:  # also catches NaN
-        raise HubertExportError(f"outputs differ by {worst:.3g} (max abs), more than the allowed {atol:.3g}",
-                                exit_code=EXIT_PARITY_FAILED)
-    return worst
-
-
-def _run_ort(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    # Both sides unoptimised: the comparison is of the graphs, not of ORT's own rewrites.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))

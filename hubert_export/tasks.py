@@ -217,10 +217,6 @@ def family_of(config: Any) -> ModelFamily:
     return FAMILIES[model_type]
 
 
-def get_task(name: str, family: ModelFamily = HUBERT) -> TaskSpec:
-    return family.task(name)
-
-
 def infer_task(config: Any) -> str:
     """The task a checkpoint was saved for, from config.json's `architectures`."""
     return family_of(config).infer_task(config)

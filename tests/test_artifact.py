@@ -306,23 +306,6 @@ def test_open_missing_directory(tmp_path: Path):
         Artifact.open(tmp_path / "nope")
 
 
-def test_update_manifest_keeps_the_file_table(tmp_path: Path):
-    out = tmp_path / "art"
-    build_artifact(out)
-    art = Artifact.open(out)
-    files_before = art.manifest["files"]
-    (out / "model.onnx").write_bytes(b"tampered!!")
-    art.update_manifest("parity", {"passed": True, "max_abs_error": 1.5e-6})
-    again = Artifact.open(out)
-    assert again.manifest["parity"] == {"passed": True, "max_abs_error": 1.5e-6}
-    assert again.manifest["files"] == files_before
-    with pytest.raises(HubertExportError, match="does not match"):
-        again.verify_files()
-    with pytest.raises(ValueError):
-        art.update_manifest("files", {})
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
-
-
 def test_copy_checkpoint_metadata(tmp_path: Path):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     ckpt.mkdir()

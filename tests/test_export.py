@@ -9,7 +9,7 @@ import torch
 from hubert_export import HubertExportError, HubertForCTC, HubertForSequenceClassification, HubertModel
 from hubert_export.export import export_onnx
 from hubert_export.runner import EagerRunner
-from hubert_export.tasks import get_task
+from hubert_export.tasks import HUBERT
 
 from .conftest import TINY_LARGE, save_reference_checkpoint
 
@@ -24,7 +24,7 @@ def run(path, inputs):
 def exported_ctc(ctc_checkpoint, tmp_path_factory, request):
     model = HubertForCTC.from_pretrained(ctc_checkpoint)
     path = tmp_path_factory.mktemp("export") / "ctc.onnx"
-    export_onnx(model, get_task("ctc"), path, exporter=request.param)
+    export_onnx(model, HUBERT.task("ctc"), path, exporter=request.param)
     assert not model.training  # the exporter must leave the reference in eval mode
     return model, path
 
@@ -47,7 +47,7 @@ def test_one_export_serves_every_shape(exported_ctc, batch, samples):
     whichever exporter traced it."""
     model, path = exported_ctc
     x = np.random.default_rng(samples).standard_normal((batch, samples)).astype(np.float32)
-    expected = EagerRunner(model, get_task("ctc")).activate().infer({"input_values": x})["logits"]
+    expected = EagerRunner(model, HUBERT.task("ctc")).activate().infer({"input_values": x})["logits"]
     got = run(path, {"input_values": x})["logits"]
     assert got.shape == expected.shape == (batch, model.config.num_frames(samples), 12)
     assert np.abs(got - expected).max() < 1e-4
@@ -58,13 +58,13 @@ def test_attention_mask_input_and_hidden_states(tmp_path, exporter):
     path = save_reference_checkpoint(tmp_path / "ck", "HubertModel", **TINY_LARGE)
     model = HubertModel.from_pretrained(path)
     onnx_path = tmp_path / "m.onnx"
-    export_onnx(model, get_task("feature-extraction"), onnx_path, with_attention_mask=True, output_hidden_states=True,
+    export_onnx(model, HUBERT.task("feature-extraction"), onnx_path, with_attention_mask=True, output_hidden_states=True,
                 exporter=exporter)
     x = np.random.default_rng(0).standard_normal((2, 9000)).astype(np.float32)
     mask = np.ones((2, 9000), dtype=np.int64)
     mask[1, 5000:] = 0
     inputs = {"input_values": x, "attention_mask": mask}
-    expected = EagerRunner(model, get_task("feature-extraction"), with_attention_mask=True,
+    expected = EagerRunner(model, HUBERT.task("feature-extraction"), with_attention_mask=True,
                            output_hidden_states=True).activate().infer(inputs)
     got = run(onnx_path, inputs)
     assert set(got) == {"last_hidden_state", "hidden_states"}
@@ -78,10 +78,10 @@ def test_sequence_classification_export(tmp_path):
                                      use_weighted_layer_sum=True, classifier_proj_size=8, **TINY_LARGE)
     model = HubertForSequenceClassification.from_pretrained(path)
     onnx_path = tmp_path / "m.onnx"
-    export_onnx(model, get_task("sequence-classification"), onnx_path)
+    export_onnx(model, HUBERT.task("sequence-classification"), onnx_path)
     for n in (400, 7000):
         x = np.random.default_rng(n).standard_normal((2, n)).astype(np.float32)
-        expected = EagerRunner(model, get_task("sequence-classification")).activate().infer({"input_values": x})["logits"]
+        expected = EagerRunner(model, HUBERT.task("sequence-classification")).activate().infer({"input_values": x})["logits"]
         got = run(onnx_path, {"input_values": x})["logits"]
         assert got.shape == (2, 3) and np.abs(got - expected).max() < 1e-4
 
@@ -89,11 +89,11 @@ def test_sequence_classification_export(tmp_path):
 def test_export_leaves_the_model_unchanged(ctc_checkpoint, tmp_path):
     model = HubertForCTC.from_pretrained(ctc_checkpoint)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    export_onnx(model, get_task("ctc"), tmp_path / "m.onnx")
+    export_onnx(model, HUBERT.task("ctc"), tmp_path / "m.onnx")
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_old_opset_is_a_clear_error(ctc_checkpoint, tmp_path):
     with pytest.raises(HubertExportError, match="opset 17 is too old"):
-        export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), get_task("ctc"), tmp_path / "m.onnx", opset=17)
+        export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), HUBERT.task("ctc"), tmp_path / "m.onnx", opset=17)

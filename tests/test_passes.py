@@ -12,7 +12,7 @@ from hubert_export import HubertExportError, HubertForCTC, HubertModel
 from hubert_export import passes
 from hubert_export.errors import EXIT_INTERNAL, InternalError
 from hubert_export.export import export_onnx
-from hubert_export.tasks import get_task
+from hubert_export.tasks import HUBERT
 
 from .conftest import TINY_LARGE, save_reference_checkpoint
 
@@ -20,7 +20,7 @@ from .conftest import TINY_LARGE, save_reference_checkpoint
 @pytest.fixture(scope="module")
 def exported(ctc_checkpoint, tmp_path_factory) -> onnx.ModelProto:
     path = tmp_path_factory.mktemp("passes") / "ctc.onnx"
-    export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), get_task("ctc"), path)
+    export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), HUBERT.task("ctc"), path)
     return onnx.load(str(path))
 
 
@@ -29,7 +29,7 @@ def exported_large(tmp_path_factory) -> onnx.ModelProto:
     """Pre-LN layout with an attention mask input: the other graph shape the passes must handle."""
     directory = tmp_path_factory.mktemp("passes-large")
     checkpoint = save_reference_checkpoint(directory / "ck", "HubertModel", **TINY_LARGE)
-    export_onnx(HubertModel.from_pretrained(checkpoint), get_task("feature-extraction"), directory / "m.onnx",
+    export_onnx(HubertModel.from_pretrained(checkpoint), HUBERT.task("feature-extraction"), directory / "m.onnx",
                 with_attention_mask=True)
     return onnx.load(str(directory / "m.onnx"))
 
@@ -51,7 +51,7 @@ def test_each_pass_alone_is_pure_and_keeps_parity(name, graph, request):
     result = passes.run_passes(model, [name])
     assert model.SerializeToString() == before  # the caller's model is untouched
     assert passes._io_signature(result) == passes._io_signature(model)
-    worst = passes.check_parity(model, result, _inputs(model), atol=1e-5) if name != "optimize_for_onnxruntime" \
+    worst = check_parity(model, result, _inputs(model), atol=1e-5) if name != "optimize_for_onnxruntime" \
         else _ort_optimized_parity(model, result)
     assert worst <= 1e-5
 
@@ -61,7 +61,7 @@ def _ort_optimized_parity(model, result):
     import onnxruntime as ort
 
     inputs = _inputs(model)
-    ref = passes._run_ort(model, inputs)
+    ref = _run_ort(model, inputs)
     session = ort.InferenceSession(result.SerializeToString(), providers=["CPUExecutionProvider"])
     got = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
     return max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
@@ -148,7 +148,7 @@ def test_fuse_qkv_projections_on_a_small_graph(bias):
     assert (ops["MatMul"], ops["Split"], ops["Add"]) == (1, 1, 1 if bias else 0)
     assert {t.name for t in fused.graph.initializer} == {"x_qkv_weight", "x_qkv_sizes"} | ({"x_qkv_bias"} if bias else set())
     x = np.random.default_rng(1).standard_normal((2, 7, 8)).astype(np.float32)
-    assert passes.check_parity(model, fused, {"x": x}, atol=1e-5) <= 1e-5
+    assert check_parity(model, fused, {"x": x}, atol=1e-5) <= 1e-5
 
 
 @pytest.mark.parametrize("count", [2, 4])
@@ -164,7 +164,7 @@ def test_fuse_qkv_projections_keeps_projections_that_are_graph_outputs():
     fused = passes.fuse_qkv_projections(model)
     assert [o.name for o in fused.graph.output] == ["out0", "out1", "out2", "p1"]
     x = np.random.default_rng(1).standard_normal((1, 3, 8)).astype(np.float32)
-    assert passes.check_parity(model, fused, {"x": x}, atol=1e-5) <= 1e-5
+    assert check_parity(model, fused, {"x": x}, atol=1e-5) <= 1e-5
 
 
 def test_run_passes_logs_each_pass(exported, caplog):
@@ -188,7 +188,7 @@ def test_check_parity_catches_a_broken_graph(exported):
     data[:64] = bytes(64)  # zero a few weights
     weight.raw_data = bytes(data)
     with pytest.raises(HubertExportError, match="outputs differ"):
-        passes.check_parity(exported, broken, _inputs(exported))
+        check_parity(exported, broken, _inputs(exported))
 
 
 def _renames_an_output(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -253,7 +253,40 @@ def test_fp16_with_fp32_islands_on_a_small_graph():
     assert cast.output[0] == clamp.input[0] and cast.name.startswith("/model/clamp/")  # the island's output, cast down
     assert [n.op_type for n in half.graph.node][-1] == "Cast"  # the FP32 output
     x = rng.standard_normal((3, 8)).astype(np.float32)
-    expected = passes._run_ort(model, {"x": x})["y"]
-    actual = passes._run_ort(half, {"x": x})["y"]
+    expected = _run_ort(model, {"x": x})["y"]
+    actual = _run_ort(half, {"x": x})["y"]
     assert actual.dtype == np.float32
     np.testing.assert_allclose(actual, expected, rtol=2e-2, atol=2e-2)
+
+
+# The passes' numerical parity, measured (a test utility: the build checks parity on the artifact).
+def check_parity(before: onnx.ModelProto, after: onnx.ModelProto, inputs: dict[str, np.ndarray],
+                 atol: float = 1e-5) -> float:
+    """Max abs difference between the two models' outputs on `inputs`, run by ONNX Runtime on CPU;
+    raises when outputs differ in name or shape or by more than atol."""
+    ref, new = _run_ort(before, inputs), _run_ort(after, inputs)
+    if list(ref) != list(new):
+        raise HubertExportError(f"outputs changed from {list(ref)} to {list(new)}: the pass broke the graph's interface")
+    worst = 0.0
+    for name, expected in ref.items():
+        actual = new[name]
+        if actual.shape != expected.shape:
+            raise HubertExportError(f"output {name} changed shape from {expected.shape} to {actual.shape}")
+        if expected.size:
+            worst = max(worst, float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))))
+    if not worst <= atol:  # also catches NaN
+        raise HubertExportError(f"outputs differ by {worst:.3g} (max abs), more than the allowed {atol:.3g}")
+    return worst
+
+
+def _run_ort(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Both sides unoptimised: the comparison is of the graphs, not of ORT's own rewrites.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))

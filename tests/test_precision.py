@@ -19,11 +19,11 @@ from hubert_export.precision import (
 )
 from hubert_export.recipes import DEFAULT_FP32_LAYERS
 from hubert_export.runner import EagerRunner
-from hubert_export.tasks import get_task
+from hubert_export.tasks import HUBERT
 from tests.conftest import TINY_BASE, TINY_LARGE, save_reference_checkpoint
 
 FP16 = DEFAULT_THRESHOLDS["fp16"]
-CTC = get_task("ctc")
+CTC = HUBERT.task("ctc")
 
 
 @pytest.fixture(scope="module", params=["base", "large"])

@@ -142,10 +142,10 @@ def held_out_cer(runner) -> float:
 @pytest.fixture(scope="module")
 def eager_reference_cer() -> float:
     from hubert_export.runner import EagerRunner
-    from hubert_export.tasks import get_task
+    from hubert_export.tasks import HUBERT
     from hubert_export.model import HubertForCTC
 
-    return held_out_cer(EagerRunner(HubertForCTC.from_pretrained(REFERENCE_MODEL), get_task("ctc")))
+    return held_out_cer(EagerRunner(HubertForCTC.from_pretrained(REFERENCE_MODEL), HUBERT.task("ctc")))
 
 
 def test_reference_model_is_the_trained_base_geometry_it_claims(eager_reference_cer):

@@ -8,7 +8,7 @@ from hubert_export.export import export_onnx
 from hubert_export.model import HubertConfig, Wav2Vec2Config
 from hubert_export.model.config import CONFIG_CLASSES
 from hubert_export.model.weights import load_checkpoint_state
-from hubert_export.tasks import FAMILIES, HUBERT, TASK_NAMES, WAV2VEC2, family_of, get_task, infer_task
+from hubert_export.tasks import FAMILIES, HUBERT, TASK_NAMES, WAV2VEC2, family_of, infer_task
 
 from .conftest import TINY_BASE, save_reference_checkpoint
 
@@ -81,7 +81,7 @@ def test_task_inference_and_unknown_names():
     assert infer_task(config) == "feature-extraction" and family_of(config) is WAV2VEC2
     assert infer_task(Wav2Vec2Config(architectures=["Wav2Vec2ForCTC"])) == "ctc"
     with pytest.raises(HubertExportError, match="unknown task 'asr'"):
-        get_task("asr")
+        HUBERT.task("asr")
 
 
 def test_dummy_inputs_follow_the_declared_inputs():

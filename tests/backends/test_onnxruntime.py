@@ -16,14 +16,14 @@ from hubert_export.export import export_onnx
 from hubert_export.isa import Isa, host_isa
 from hubert_export.model import HubertForCTC
 from hubert_export.recipes import default_recipe
-from hubert_export.tasks import get_task
+from hubert_export.tasks import HUBERT
 
 FEED_FORWARD_0 = r"layers\.0/feed_forward/"
 
 
 @pytest.fixture(scope="module")
 def ctc_graph(ctc_checkpoint, tmp_path_factory) -> onnx.ModelProto:
-    return export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), get_task("ctc"),
+    return export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), HUBERT.task("ctc"),
                        tmp_path_factory.mktemp("ort") / "ctc.onnx")
 
 

@@ -20,7 +20,7 @@ from hubert_export import passes
 from hubert_export.passes import PORTABLE_PASSES, optimize_for_onnxruntime, run_passes
 from hubert_export.precision import DEFAULT_POLICY
 from hubert_export.recipes import Shape, ShapeRange, Shapes, default_recipe, recipe_from_dict
-from hubert_export.tasks import get_task
+from hubert_export.tasks import HUBERT
 
 MAIN = ShapeRange(Shape(1, 400), Shape(1, 160_000), Shape(16, 960_000))
 
@@ -29,8 +29,8 @@ MAIN = ShapeRange(Shape(1, 400), Shape(1, 160_000), Shape(16, 960_000))
 def exports(ctc_checkpoint, large_checkpoint, tmp_path_factory):
     """The portable graph build.py hands a back end: base CTC (TorchScript), large with mask (dynamo)."""
     out = tmp_path_factory.mktemp("trt-onnx")
-    ctc = export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), get_task("ctc"), out / "ctc.onnx")
-    large = export_onnx(HubertModel.from_pretrained(large_checkpoint), get_task("feature-extraction"),
+    ctc = export_onnx(HubertForCTC.from_pretrained(ctc_checkpoint), HUBERT.task("ctc"), out / "ctc.onnx")
+    large = export_onnx(HubertModel.from_pretrained(large_checkpoint), HUBERT.task("feature-extraction"),
                         out / "large.onnx", with_attention_mask=True, exporter="dynamo")
     return {"torchscript-base": run_passes(ctc, PORTABLE_PASSES), "dynamo-large": run_passes(large, PORTABLE_PASSES)}
 
@@ -169,7 +169,7 @@ def test_fp16_graph_passes_the_fp16_gate_on_onnx_runtime_cpu(exports, which, che
     model = model_class.from_pretrained(request.getfixturevalue(checkpoint))
     with_mask = which == "dynamo-large"
     cases = builtin_cases(FeatureExtractorConfig(return_attention_mask=with_mask), with_mask)
-    with EagerRunner(model, get_task(task), with_attention_mask=with_mask) as reference, \
+    with EagerRunner(model, HUBERT.task(task), with_attention_mask=with_mask) as reference, \
             OnnxRuntimeRunner(tmp_path / "fp16.onnx") as candidate:
         session_types = {i.name: i.type for i in candidate.session.get_inputs()}
         assert session_types["input_values"] == "tensor(float)"
