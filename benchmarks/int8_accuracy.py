@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_audio, prepare_batch, read_transcripts
+    from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_audio, prepare_batch
+    from hubert_export.corpus import read_transcripts
     from hubert_export.bench import Subject, artifact_subject, open_subject, run_benchmark
     from hubert_export.tokenizer import CTCTokenizer
 

@@ -62,7 +62,8 @@ def groups_for(config: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------- inputs
 def load_clips(data: Path, fe) -> tuple[list[dict[str, np.ndarray]], list[str] | None]:
-    from hubert_export.audio import iter_audio_files, load_audio, prepare_batch, read_transcripts
+    from hubert_export.audio import iter_audio_files, load_audio, prepare_batch
+    from hubert_export.corpus import read_transcripts
 
     files = iter_audio_files(data)
     try:

@@ -368,9 +368,3 @@ def chunk_spans(num_samples: int, chunk_samples: int, overlap_samples: int) -> l
         spans[-1] = (spans[-1][0], num_samples)
     return spans
 
-
-def read_transcripts(directory: str | Path) -> dict[str, str]:
-    """Reference transcripts by id from a folder's transcript files (every format `corpus` reads)."""
-    from hubert_export.corpus import transcripts_in  # corpus reads audio through this module
-
-    return transcripts_in(directory)

@@ -115,7 +115,7 @@ def read_corpus(source: str | Path, options: CorpusOptions | None = None) -> Cor
     return _select(_read_folder(source), options, check_paths=False)
 
 
-def transcripts_in(directory: str | Path) -> dict[str, str]:
+def read_transcripts(directory: str | Path) -> dict[str, str]:
     """Reference transcripts by id from a folder's transcript files, without matching them to audio."""
     root = Path(directory)
     if not root.is_dir():

@@ -297,22 +297,6 @@ def shape_case(fe: FeatureExtractorConfig, with_attention_mask: bool, batch: int
                   with_attention_mask)
 
 
-def fit_inputs(inputs: dict[str, np.ndarray], batch: int, samples: int) -> dict[str, np.ndarray]:
-    """A prepared batch cut or zero-padded to exactly batch x samples, for fixed-shape artifacts.
-
-    Padding is what the feature extractor does for a batch (zeros, and attention_mask 0 where the
-    model takes one); missing rows repeat the given ones, surplus rows are dropped.
-    """
-    rows = np.resize(np.arange(inputs["input_values"].shape[0]), batch)
-    fitted = {}
-    for name, array in inputs.items():
-        out = np.zeros((batch, samples), dtype=array.dtype)
-        width = min(samples, array.shape[1])
-        out[:, :width] = array[rows, :width]
-        fitted[name] = out
-    return fitted
-
-
 def fit_cases(cases: list[ParityCase], samples: int, padded: bool) -> list[ParityCase]:
     """The cases a fixed-shape artifact of `samples`-sample windows is checked on.
 

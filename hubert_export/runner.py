@@ -202,7 +202,6 @@ class WindowRunner(Runner):
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from hubert_export.errors import HubertExportError
-        from hubert_export.parity import fit_inputs
 
         check_inputs(inputs, self.input_names, None)
         rows, length = inputs["input_values"].shape
@@ -225,3 +224,19 @@ class WindowRunner(Runner):
 
     def _deactivate(self) -> None:
         self.runner.deactivate()
+
+
+def fit_inputs(inputs: dict[str, np.ndarray], batch: int, samples: int) -> dict[str, np.ndarray]:
+    """A prepared batch cut or zero-padded to exactly batch x samples, for fixed-shape artifacts.
+
+    Padding is what the feature extractor does for a batch (zeros, and attention_mask 0 where the
+    model takes one); missing rows repeat the given ones, surplus rows are dropped.
+    """
+    rows = np.resize(np.arange(inputs["input_values"].shape[0]), batch)
+    fitted = {}
+    for name, array in inputs.items():
+        out = np.zeros((batch, samples), dtype=array.dtype)
+        width = min(samples, array.shape[1])
+        out[:, :width] = array[rows, :width]
+        fitted[name] = out
+    return fitted

@@ -43,7 +43,8 @@ from train_tiny_ctc import (  # noqa: E402  (the tiny model's data helpers are s
     LETTERS, SPECIALS, length_batches, synthesise, to_tensors, write_clips,
 )
 
-from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch, read_transcripts  # noqa: E402
+from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch  # noqa: E402
+from hubert_export.corpus import read_transcripts  # noqa: E402
 from hubert_export.metrics import character_error_rate, word_error_rate  # noqa: E402
 from hubert_export.model import HubertConfig, HubertForCTC  # noqa: E402
 from hubert_export.tokenizer import CTCTokenizer  # noqa: E402

@@ -32,7 +32,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch, read_transcripts
+from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch
+from hubert_export.corpus import read_transcripts
 from hubert_export.metrics import character_error_rate, word_error_rate
 from hubert_export.model import HubertConfig, HubertForCTC
 from hubert_export.model.feature_encoder import frame_lengths

@@ -18,8 +18,8 @@ from hubert_export.audio import (
     load_audio,
     normalize,
     prepare_batch,
-    read_transcripts,
 )
+from hubert_export.corpus import read_transcripts
 from hubert_export.errors import HubertExportError
 
 transformers = pytest.importorskip("transformers")

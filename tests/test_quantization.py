@@ -122,7 +122,8 @@ CER_BOUND_POINTS = 0.5  # issue 13: INT8 held-out CER within 0.5 points (absolut
 
 def held_out_cer(runner) -> float:
     """Greedy-CTC CER of `runner` on the reference model's 40 held-out clips, each at its own length."""
-    from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch, read_transcripts
+    from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch
+    from hubert_export.corpus import read_transcripts
     from hubert_export.metrics import character_error_rate
     from hubert_export.tokenizer import CTCTokenizer
 

@@ -16,7 +16,8 @@ import soundfile as sf
 import torch
 
 from hubert_export import HubertConfig, HubertForCTC
-from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch, read_transcripts
+from hubert_export.audio import FeatureExtractorConfig, load_audio, prepare_batch
+from hubert_export.corpus import read_transcripts
 from hubert_export.build import BUILTIN_CALIBRATION_DIR, DEFAULT_MODEL_DIR
 from hubert_export.metrics import character_error_rate, word_error_rate
 from hubert_export.tokenizer import CTCTokenizer

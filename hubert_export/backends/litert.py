@@ -132,7 +132,7 @@ def _quantize(inputs: BuildInputs, float_model: bytes, shape: Shape, section: di
         quant.load_quantization_recipe(quant_recipes.dynamic_wi8_afp32())
         section["quantization"] = "dynamic"
     else:
-        from hubert_export.parity import fit_inputs
+        from hubert_export.runner import fit_inputs
 
         batches = inputs.calibration_inputs()
         log.info(f"quantising to static INT8, calibrated on {len(batches)} recordings (ai-edge-quantizer)")
