@@ -26,6 +26,7 @@ paths every node mounts (`files="shared"`). Ray itself is imported only when one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -980,41 +981,41 @@ def build_matrix(
     ray = connect(address)
     checkpoint = share_directory(model_dir, files)
     gpus_available = ray.cluster_resources().get("GPU", 0)
-    pending: dict[Any, tuple[MatrixEntry, Any, Path | None]] = {}
-    for recipe, entry in zip(loaded, entries):
-        gpus = (1.0 if gpus_per_build is None else gpus_per_build) if recipe.target == "tensorrt" else 0.0
-        if gpus > gpus_available:
-            failed(entry, HubertExportError(f"recipe {entry.recipe} builds for {recipe.target}, which needs a GPU, "
-                                            "and the cluster has none: add a GPU node or leave the recipe out"))
-            continue
-        holder = temp = None
-        if files == "store":  # the folder is claimed here, before the build: a taken --output fails at once
-            holder = artifacts.building(entry.output, overwrite=overwrite)
-            try:
-                temp = holder.__enter__()
-            except HubertExportError as exc:
-                failed(entry, exc)
+    pending: dict[Any, tuple[MatrixEntry, contextlib.ExitStack, Path | None]] = {}
+    # Each output folder is claimed (artifacts.building) before its build starts, so a taken --output
+    # fails at once, and held until the build's files are stored; `claims` releases every folder
+    # still held if the driver stops (Ctrl-C, a lost cluster), leaving nothing half-written.
+    with contextlib.ExitStack() as claims:
+        for recipe, entry in zip(loaded, entries):
+            gpus = (1.0 if gpus_per_build is None else gpus_per_build) if recipe.target == "tensorrt" else 0.0
+            if gpus > gpus_available:
+                failed(entry, HubertExportError(f"recipe {entry.recipe} builds for {recipe.target}, which needs a "
+                                                "GPU, and the cluster has none: add a GPU node or leave the recipe out"))
                 continue
-        task = ray.remote(_build_one).options(num_cpus=cpus_per_build, num_gpus=gpus, max_retries=1)
-        ref = task.remote(recipe, checkpoint, str(Path(model_dir).resolve()),
-                          None if files == "store" else str(entry.output.resolve()),
-                          _worker_threads(None, cpus_per_build), build_options)
-        pending[ref] = (entry, holder, temp)
-    log.info(f"matrix: {len(pending)} build(s) running on Ray")
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        entry, holder, temp = pending.pop(done[0])
-        try:
-            built = ray.get(done[0])
-            if holder is not None:
-                for name, data in built["files"].items():
-                    (temp / name).parent.mkdir(parents=True, exist_ok=True)
-                    (temp / name).write_bytes(data)
-                holder.__exit__(None, None, None)  # moved into place
-                holder = None
-            record(entry, built["summary"])
-        except Exception as exc:  # noqa: BLE001  (every build's outcome goes into the table)
-            if holder is not None:
-                holder.__exit__(type(exc), exc, exc.__traceback__)
-            failed(entry, _user_error(exc) or exc)
+            claim, temp = contextlib.ExitStack(), None
+            if files == "store":
+                try:
+                    temp = claim.enter_context(artifacts.building(entry.output, overwrite=overwrite))
+                except HubertExportError as exc:
+                    failed(entry, exc)
+                    continue
+                claims.push(claim)
+            task = ray.remote(_build_one).options(num_cpus=cpus_per_build, num_gpus=gpus, max_retries=1)
+            ref = task.remote(recipe, checkpoint, str(Path(model_dir).resolve()),
+                              None if files == "store" else str(entry.output.resolve()),
+                              _worker_threads(None, cpus_per_build), build_options)
+            pending[ref] = (entry, claim, temp)
+        log.info(f"matrix: {len(pending)} build(s) running on Ray")
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            entry, claim, temp = pending.pop(done[0])
+            try:
+                with claim:  # on leaving: the folder moved into place, or on an error discarded
+                    built = ray.get(done[0])
+                    for name, data in built["files"].items() if temp is not None else ():
+                        (temp / name).parent.mkdir(parents=True, exist_ok=True)
+                        (temp / name).write_bytes(data)
+                record(entry, built["summary"])
+            except Exception as exc:  # noqa: BLE001  (every build's outcome goes into the table)
+                failed(entry, _user_error(exc) or exc)
     return entries
