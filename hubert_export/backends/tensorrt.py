@@ -51,9 +51,7 @@ import onnx
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
 from hubert_export.errors import HubertExportError, InternalError
-from hubert_export.export import save_onnx
 from hubert_export.passes import PORTABLE_PASSES, fp16_with_fp32_islands
-from hubert_export.precision import compile_patterns, matches, module_scope
 from hubert_export.audio import MIN_SAMPLES
 from hubert_export.recipes import Recipe, Shape, ShapeRange, Shapes
 from hubert_export.runner import Runner, check_inputs
@@ -153,6 +151,8 @@ def _scope_from_metadata(node: onnx.NodeProto) -> str | None:
                 return None
             # skip the exporter's own pseudo-scopes (`_empty_nn_module_stack_from_metadata_hook`)
             modules = [s for s in scopes[:-1] if isinstance(s, str) and s and not s.startswith("_")]
+            from hubert_export.precision import module_scope  # torch: the builder's side only
+
             return module_scope(modules[-1], root="") if modules else None
     return None
 
@@ -251,6 +251,8 @@ def prepare_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def fp32_nodes(model: onnx.ModelProto, patterns: Iterable[str]) -> list[str]:
     """Names of the nodes a precision policy pins to FP32 (TensorRT layers carry the same names)."""
+    from hubert_export.precision import compile_patterns, matches  # torch: the builder's side only
+
     compiled = compile_patterns(patterns)
     return [n.name for n in model.graph.node if n.op_type != "Constant" and matches(n.name, compiled)]
 
@@ -377,6 +379,8 @@ def build_engine(inputs: BuildInputs) -> BackendBuild:
         prepared, pinned = fp16_policy_graph(prepared, recipe.tensorrt.fp32_layers)
         log.info(f"FP16 graph with {len(pinned)} nodes kept in FP32")
     prepared_path = inputs.work_dir / PREPARED_NAME
+    from hubert_export.export import save_onnx  # torch: the builder's side only
+
     save_onnx(prepared, prepared_path)
     profiles = optimization_profiles(recipe.shapes, inputs.input_names)
 
