@@ -524,6 +524,20 @@ class Artifact:
     def task(self) -> str | None:
         return self._manifest.get("task")
 
+    def recipe(self) -> Any:
+        """The recipe the artifact was built from (a recipes.Recipe), read back from the manifest."""
+        from hubert_export.recipes import recipe_from_dict
+
+        if not isinstance(self._manifest.get("recipe"), dict):
+            raise HubertExportError(f"artifact {self._path}: {MANIFEST_NAME} has no recipe: rebuild the artifact")
+        return recipe_from_dict(self._manifest["recipe"], source=f"{self._path}/{MANIFEST_NAME}")
+
+    def tokenizer(self) -> Any:
+        """The CTC tokenizer of the artifact's vocab.json (a tokenizer.CTCTokenizer), or None without one."""
+        from hubert_export.tokenizer import CTCTokenizer
+
+        return CTCTokenizer.from_dir(self._path) if (self._path / "vocab.json").is_file() else None
+
     @property
     def int8_layers(self) -> int | None:
         """How many Conv/MatMul layers compute in INT8 (None: not an INT8 artifact, or built before the

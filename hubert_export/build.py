@@ -249,9 +249,7 @@ def verify_artifact(
             f"checkpoint {model_dir} is not the one this artifact was built from (its hash differs from the "
             "manifest's): pass --reference with the original checkpoint, or rebuild the artifact"
         )
-    from hubert_export.recipes import recipe_from_dict
-
-    recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json")
+    recipe = artifact.recipe()
     config, task, model = load_model(model_dir, manifest["task"])
     fe = FeatureExtractorConfig.from_dir(model_dir)
     with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
@@ -275,8 +273,6 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
             fe: FeatureExtractorConfig, with_mask: bool, recipe: Recipe, *, data_dir: Path | None,
             latency_repeats: int, corpus_options: CorpusOptions | None = None, normalize: bool = True,
             record_reference: bool = False) -> Verification:
-    from hubert_export.tokenizer import CTCTokenizer
-
     # What the artifact accepts: the recipe's range unless the back end built for less.
     shape_range = artifact.shape_range() or recipe.shapes.range
     window = shape_range.window
@@ -296,7 +292,7 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
         shape_range = ShapeRange(static, static, static)
         cases = [c for c in cases if c.inputs["input_values"].shape == (static.batch, static.samples)]
         cases.append(shape_case(fe, with_mask, static.batch, static.samples))
-    tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
+    tokenizer = artifact.tokenizer()
     reference: Runner = EagerRunner(model, task, with_attention_mask=with_mask,
                                     output_hidden_states=recipe.export.output_hidden_states)
     if record_reference:

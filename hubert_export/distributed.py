@@ -310,20 +310,18 @@ class ArtifactWorker:
     def __init__(self, files: Files, column: str, done: frozenset[str], threads: int, last: bool = False) -> None:
         from hubert_export.backends import get_backend
         from hubert_export.model.config import load_config
-        from hubert_export.recipes import recipe_from_dict
         from hubert_export.tasks import family_of, frame_axes
-        from hubert_export.tokenizer import CTCTokenizer
 
         self.error: dict[str, Any] | None = None
         try:
             artifact = Artifact.open(files.local())
             artifact.verify_files()
             manifest = artifact.manifest
-            recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/{MANIFEST_NAME}")
+            recipe = artifact.recipe()
             self.config = load_config(artifact.path)
             self.task = manifest["task"]
             self.frame_axes = frame_axes(family_of(self.config).task(self.task), recipe.export.output_hidden_states)
-            self.tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
+            self.tokenizer = artifact.tokenizer()
             self.runner = get_backend(artifact.target).load(artifact, threads=threads).activate()
         except HubertExportError as exc:
             self.error = _failure(exc, files)
@@ -554,7 +552,6 @@ class CorpusCheck:
 def _open_subjects(paths: list[str | Path], reference: str | Path | None) -> list[_Subject]:
     from hubert_export.backends import get_backend
     from hubert_export.hub import resolve_model
-    from hubert_export.recipes import recipe_from_dict
 
     subjects: list[_Subject] = []
     seen: dict[Path, str] = {}
@@ -564,7 +561,7 @@ def _open_subjects(paths: list[str | Path], reference: str | Path | None) -> lis
         if resolved in seen:
             raise HubertExportError(f"artifact {path} is named twice: list every artifact once")
         manifest = artifact.manifest
-        recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/{MANIFEST_NAME}")
+        recipe = artifact.recipe()
         shape_range = artifact.shape_range() or recipe.shapes.range
         if shape_range.min.samples == shape_range.max.samples or get_backend(artifact.target).static_shape(recipe):
             raise HubertExportError(f"artifact {path} is compiled for one input shape, and a corpus check on Ray "
@@ -707,8 +704,6 @@ def check_corpus(
             if subject.results is not None:
                 subject.results.close()
 
-    from hubert_export.tokenizer import CTCTokenizer
-
     order = {u.id: i for i, u in enumerate(corpus.utterances)} if corpus is not None else {}
     for subject in subjects:
         found = builtin_results[subject.label]
@@ -716,8 +711,7 @@ def check_corpus(
         records = subject.results.records.values() if subject.results is not None else []
         kept = sorted((r for r in records if r["id"] in order and "outcome" in r), key=lambda r: order[r["id"]])
         outcomes += [CaseOutcome.from_dict(r["outcome"]) for r in kept]
-        path = subject.artifact.path
-        tokenizer = CTCTokenizer.from_dir(path) if (path / "vocab.json").is_file() else None
+        tokenizer = subject.artifact.tokenizer()
         report = summarize(outcomes, target=subject.artifact.target, precision=subject.artifact.precision,
                            task=subject.task, thresholds=found["thresholds"], tokenizer=tokenizer, normalize=normalize)
         report.latency, report.isa, report.int8_layers = found["latency"], found["isa"], found["int8_layers"]

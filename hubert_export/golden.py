@@ -45,7 +45,7 @@ from hubert_export.backends import get_backend
 from hubert_export.errors import HubertExportError
 from hubert_export.model.config import HubertConfig, load_config
 from hubert_export.parity import ParityCase, ParityReport, run_parity
-from hubert_export.recipes import Recipe, ShapeRange, recipe_from_dict
+from hubert_export.recipes import Recipe, ShapeRange
 from hubert_export.runner import Runner, WindowRunner, median_latency
 
 GOLDEN_NAME = "golden.npz"
@@ -189,16 +189,14 @@ def check_golden(artifact_dir: str | Path, *, junit: str | Path | None = None,
     back end runs the stored cases and is held to the thresholds the build used. Writes nothing
     into the artifact; `ParityReport.write` puts the reports where the caller wants them.
     """
-    from hubert_export.tokenizer import CTCTokenizer
-
     artifact = artifacts.Artifact.open(artifact_dir)
     log.info(f"verifying the files of {artifact.path}")
     artifact.verify_files()
     section, cases, reference = _load(artifact)
     manifest = artifact.manifest
-    recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json")
+    recipe = artifact.recipe()
     config = load_config(artifact.path)
-    tokenizer = CTCTokenizer.from_dir(artifact.path) if (artifact.path / "vocab.json").is_file() else None
+    tokenizer = artifact.tokenizer()
     backend = get_backend(artifact.target)
     static = backend.static_shape(recipe)
     shape_range = ShapeRange(static, static, static) if static is not None else recipe.shapes.range

@@ -65,10 +65,8 @@ class ExecuTorchBackend(Backend):
 
     def load(self, artifact: Artifact, *, threads: int | None = None,
              enforce_shape_range: bool = True) -> ExecuTorchRunner:
-        from hubert_export.recipes import recipe_from_dict
-
         manifest = artifact.manifest
-        options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").executorch
+        options = artifact.recipe().executorch
         io_section = manifest.get("io", {})
         return ExecuTorchRunner(
             artifact.path / MODEL_NAME,

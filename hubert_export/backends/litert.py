@@ -88,14 +88,12 @@ class LiteRtBackend(Backend):
 
     def load(self, artifact: Artifact, *, threads: int | None = None,
              enforce_shape_range: bool = True) -> LiteRtRunner:
-        from hubert_export.recipes import recipe_from_dict
-
         manifest = artifact.manifest
         built = manifest.get("backend", {}).get("built_shape")
         if not isinstance(built, dict):
             raise HubertExportError(f"artifact {artifact.path}: manifest.json has no backend.built_shape: "
                                     "rebuild the artifact")
-        options = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json").litert
+        options = artifact.recipe().litert
         io_section = manifest.get("io", {})
         return LiteRtRunner(
             artifact.path / MODEL_NAME,

@@ -96,14 +96,8 @@ class OpenVinoBackend(Backend):
 
     def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
              performance_hint: str | None = None) -> OpenVinoRunner:
-        from hubert_export.recipes import recipe_from_dict
-
         manifest = artifact.manifest
-        try:
-            recipe = recipe_from_dict(manifest["recipe"], source=f"{artifact.path}/manifest.json")
-        except KeyError:
-            raise HubertExportError(f"artifact {artifact.path}: manifest.json has no recipe: "
-                                    "rebuild the artifact") from None
+        recipe = artifact.recipe()
         options = recipe.openvino
         # As built and verified; artifacts from before backend.compile was recorded get the recipe's.
         config = dict(manifest.get("backend", {}).get("compile") or compile_config(recipe))
