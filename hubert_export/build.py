@@ -32,12 +32,13 @@ from hubert_export.hub import resolve_model
 from hubert_export.isa import manifest_section
 from hubert_export.model import HubertConfig, load_config
 from hubert_export.model.weights import load_checkpoint_state
-from hubert_export.golden import RecordingRunner, note_machine, write_golden
+from hubert_export.golden import RecordingRunner, write_golden
 from hubert_export.parity import (CaseOutcome, ParityCase, ParityReport, builtin_cases, data_cases, fit_cases,
-                                  run_cases, shape_case, summarize, thresholds_for)
-from hubert_export.recipes import Recipe, ShapeRange
-from hubert_export.runner import EagerRunner, Runner, WindowRunner, median_latency
-from hubert_export.tasks import TaskSpec, family_of, frame_axes
+                                  shape_case, thresholds_for)
+from hubert_export.recipes import Recipe
+from hubert_export.runner import EagerRunner, Runner
+from hubert_export.tasks import TaskSpec, family_of
+from hubert_export.verification import ParityCheck
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL_DIR = DATA_DIR / "tiny-ctc"
@@ -289,28 +290,14 @@ def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: Huber
     else:
         cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
     if static is not None:  # compiled for this one shape: checked and timed at it
-        shape_range = ShapeRange(static, static, static)
         cases = [c for c in cases if c.inputs["input_values"].shape == (static.batch, static.samples)]
         cases.append(shape_case(fe, with_mask, static.batch, static.samples))
-    tokenizer = artifact.tokenizer()
     reference: Runner = EagerRunner(model, task, with_attention_mask=with_mask,
                                     output_hidden_states=recipe.export.output_hidden_states)
     if record_reference:
         reference = RecordingRunner(reference)
     thresholds = thresholds_for(recipe.precision, recipe.thresholds.explicit(), family_of(config).thresholds)
-    log.info(f"parity check: {len(cases)} cases against the eager model")
-    with reference, backend.load(artifact) as loaded:
-        candidate = loaded if window is None else WindowRunner(
-            loaded, window.batch, window.samples, config.num_frames,
-            frame_axes(task, recipe.export.output_hidden_states)).activate()
-        outcomes = run_cases(reference, candidate, cases, config=config, task=task.name, tokenizer=tokenizer)
-        report = summarize(outcomes, target=artifact.target, precision=artifact.precision, task=task.name,
-                           thresholds=thresholds, tokenizer=tokenizer, normalize=normalize)
-        note_machine(report, artifact)
-        opt = shape_range.opt
-        if latency_repeats > 0:
-            log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
-            report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples, latency_repeats)
+    report, outcomes = ParityCheck(cases, reference, thresholds, normalize).run(artifact, latency_repeats=latency_repeats)
     return Verification(report, cases, reference, thresholds, outcomes)
 
 

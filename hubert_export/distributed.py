@@ -404,7 +404,7 @@ def _builtin_check(files: Files, checkpoint: Files, latency_repeats: int, thread
     except HubertExportError as exc:
         failure = _failure(exc, files, checkpoint)
         raise HubertExportError(failure["error"], exit_code=failure["exit_code"]) from None
-    # isa: the CPU of the node that ran the built-in cases (golden.note_machine), INT8 layers with it.
+    # isa: the CPU of the node that ran the built-in cases (verification.note_machine), INT8 layers with it.
     return {"outcomes": [o.to_dict() for o in verification.outcomes], "latency": verification.report.latency,
             "thresholds": verification.thresholds, "isa": verification.report.isa,
             "int8_layers": verification.report.int8_layers}

@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 
 from hubert_export import artifact as artifacts
-from hubert_export.backends import get_backend
 from hubert_export.errors import HubertExportError
-from hubert_export.model.config import HubertConfig, load_config
-from hubert_export.parity import ParityCase, ParityReport, run_parity
-from hubert_export.recipes import Recipe, ShapeRange
-from hubert_export.runner import Runner, WindowRunner, median_latency
+from hubert_export.model.config import HubertConfig
+from hubert_export.parity import ParityCase, ParityReport
+from hubert_export.recipes import Recipe
+from hubert_export.runner import Runner
+from hubert_export.verification import ParityCheck
 
 GOLDEN_NAME = "golden.npz"
 log = logging.getLogger(__name__)
@@ -193,40 +193,8 @@ def check_golden(artifact_dir: str | Path, *, junit: str | Path | None = None,
     log.info(f"verifying the files of {artifact.path}")
     artifact.verify_files()
     section, cases, reference = _load(artifact)
-    manifest = artifact.manifest
-    recipe = artifact.recipe()
-    config = load_config(artifact.path)
-    tokenizer = artifact.tokenizer()
-    backend = get_backend(artifact.target)
-    static = backend.static_shape(recipe)
-    shape_range = ShapeRange(static, static, static) if static is not None else recipe.shapes.range
-    # A fixed-window artifact (LiteRT) was checked with each case run through its window, shorter
-    # ones padded into it: so are the stored cases.
-    window = (artifact.shape_range() or recipe.shapes.range).window
-    frame_axes = {o["name"]: o["shape"].index("frames") for o in manifest["io"]["outputs"] if "frames" in o["shape"]}
-    log.info(f"parity check: {len(cases)} golden cases")
-    with reference, backend.load(artifact) as loaded:
-        candidate = loaded if window is None else WindowRunner(
-            loaded, window.batch, window.samples, config.num_frames, frame_axes).activate()
-        report = run_parity(reference, candidate, cases, config=config, task=manifest["task"],
-                            target=artifact.target, precision=artifact.precision,
-                            thresholds=dict(section["thresholds"]), tokenizer=tokenizer)
-        if latency_repeats > 0:
-            opt = shape_range.opt
-            log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
-            report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples, latency_repeats)
-    note_machine(report, artifact)
+    report, _ = ParityCheck(cases, reference, dict(section["thresholds"])).run(artifact, latency_repeats=latency_repeats)
     if junit:
         Path(junit).write_text(report.to_junit())
     return report
 
-
-def note_machine(report: ParityReport, artifact: artifacts.Artifact) -> None:
-    """Record in `report` the CPU that checked the artifact and its INT8 layer count, and say so when
-    the artifact's INT8 arithmetic was meant for another kind of CPU (the verdict is this one's)."""
-    from hubert_export.isa import check_section
-
-    report.isa = check_section(artifact.precision, artifact.deployment_isa)
-    report.int8_layers = artifact.int8_layers
-    if report.isa["note"]:
-        log.warning(report.isa["note"])

@@ -523,22 +523,3 @@ def run_cases(reference: Runner, candidate: Runner, cases: list[ParityCase], *, 
                                      task=task, tokenizer=tokenizer, seconds=(middle - start, end - middle)))
     return outcomes
 
-
-def run_parity(
-    reference: Runner,
-    candidate: Runner,
-    cases: list[ParityCase],
-    *,
-    config: HubertConfig,
-    task: str,
-    target: str,
-    precision: str,
-    thresholds: dict[str, float],
-    tokenizer: Any | None = None,
-    normalize: bool = True,
-) -> ParityReport:
-    """Compare `candidate` with `reference` on `cases`; `normalize` maps reference transcripts and
-    hypotheses to the tokenizer's alphabet before their CER/WER (raw figures are reported beside)."""
-    outcomes = run_cases(reference, candidate, cases, config=config, task=task, tokenizer=tokenizer)
-    return summarize(outcomes, target=target, precision=precision, task=task, thresholds=thresholds,
-                     tokenizer=tokenizer, normalize=normalize)

@@ -161,7 +161,7 @@ def test_fp16_graph_passes_the_fp16_gate_on_onnx_runtime_cpu(exports, which, che
     and I/O end to end against the eager FP32 model, not FP16 arithmetic (the torch-half policy tests do)."""
     from hubert_export.audio import FeatureExtractorConfig
     from hubert_export.backends.onnxruntime import OnnxRuntimeRunner
-    from hubert_export.parity import builtin_cases, run_parity, thresholds_for
+    from hubert_export.parity import builtin_cases, run_cases, summarize, thresholds_for
     from hubert_export.runner import EagerRunner
 
     half, _ = trt_backend.fp16_policy_graph(trt_backend.prepare_for_tensorrt(exports[which]), DEFAULT_POLICY)
@@ -173,8 +173,8 @@ def test_fp16_graph_passes_the_fp16_gate_on_onnx_runtime_cpu(exports, which, che
             OnnxRuntimeRunner(tmp_path / "fp16.onnx") as candidate:
         session_types = {i.name: i.type for i in candidate.session.get_inputs()}
         assert session_types["input_values"] == "tensor(float)"
-        report = run_parity(reference, candidate, cases, config=model.config, task=task, target="onnx",
-                            precision="fp16", thresholds=thresholds_for("fp16"))
+        outcomes = run_cases(reference, candidate, cases, config=model.config, task=task)
+        report = summarize(outcomes, target="onnx", precision="fp16", task=task, thresholds=thresholds_for("fp16"))
     assert report.passed, report.failures
     assert 1e-6 < report.worst()["relative_l2_error"]  # really computed in half, not the FP32 graph
 
