@@ -93,3 +93,26 @@ def calibration_dir(tmp_path_factory) -> Path:
         waveform = 0.1 * _speech_like(rng, int(rng.integers(8_000, 24_000)))
         sf.write(directory / f"clip{i}.flac", waveform, 16_000)
     return directory
+
+
+# ------------------------------------------------------------------------------------------ without torch
+def run_without_torch(python: str, *argv: str):
+    """Run `python` (a virtual environment without torch) on this checkout's package."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([python, *argv], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def torchless_python() -> str:
+    """A Python without torch: $HUBERT_EXPORT_NOTORCH_PYTHON, or the .venv-notorch that .ci/run makes
+    (numpy and the runtimes only: onnxruntime, openvino, ai-edge-litert)."""
+    repo = Path(__file__).resolve().parent.parent
+    candidates = [os.environ.get("HUBERT_EXPORT_NOTORCH_PYTHON"), str(repo / ".venv-notorch" / "bin" / "python")]
+    python = next((c for c in candidates if c and Path(c).is_file()), None)
+    if python is None:
+        pytest.skip("no Python without torch: .ci/run makes .venv-notorch (or set HUBERT_EXPORT_NOTORCH_PYTHON)")
+    probe = run_without_torch(python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)")
+    assert probe.returncode == 0, f"{python} has torch installed: it cannot stand for a machine without it"
+    return python

@@ -22,6 +22,7 @@ from hubert_export.golden import GOLDEN_NAME, check_golden, estimate_golden_byte
 from hubert_export.model.config import HubertConfig
 from hubert_export.recipes import default_recipe
 
+from .conftest import run_without_torch as _without_torch
 from .test_build import _perturbed_copy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,11 +141,6 @@ def test_golden_and_data_or_reference_do_not_mix(onnx_artifact, capsys):
 
 
 # ------------------------------------------------------------------------------------------ without torch
-def _without_torch(python: str, *argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([python, *argv], capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_golden_path_imports_no_torch(onnx_artifact, tmp_path):
     script = BLOCK_TORCH + f"""
 import importlib, sys
@@ -158,22 +154,6 @@ sys.exit(code)
     result = _without_torch(sys.executable, "-c", script)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "parity.json").read_text())["passed"] is True
-
-
-def _torchless_python() -> str | None:
-    """A Python without torch: $HUBERT_EXPORT_NOTORCH_PYTHON, or the .venv-notorch that .ci/run makes."""
-    candidates = [os.environ.get("HUBERT_EXPORT_NOTORCH_PYTHON"), str(REPO / ".venv-notorch" / "bin" / "python")]
-    return next((c for c in candidates if c and Path(c).is_file()), None)
-
-
-@pytest.fixture(scope="module")
-def torchless_python() -> str:
-    python = _torchless_python()
-    if python is None:
-        pytest.skip("no Python without torch: .ci/run makes .venv-notorch (or set HUBERT_EXPORT_NOTORCH_PYTHON)")
-    probe = _without_torch(python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)")
-    assert probe.returncode == 0, f"{python} has torch installed: it cannot stand for a machine without it"
-    return python
 
 
 def test_golden_check_in_a_venv_without_torch(torchless_python, onnx_artifact, tmp_path):
@@ -198,3 +178,19 @@ def test_golden_check_in_a_venv_without_torch(torchless_python, onnx_artifact, t
         f.write(b"\0")
     result = _without_torch(torchless_python, "-m", "hubert_export.cli", "check", str(tampered), "--golden")
     assert result.returncode == 2 and "model.onnx does not match the hash" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def openvino_artifact(ctc_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("golden-ov") / "openvino"
+    assert export_artifact(ctc_checkpoint, out, default_recipe("openvino"), latency_repeats=0).passed
+    return out
+
+
+def test_golden_check_of_an_openvino_artifact_in_a_venv_without_torch(torchless_python, openvino_artifact, tmp_path):
+    result = _without_torch(torchless_python, "-m", "hubert_export.cli", "check", str(openvino_artifact), "--golden",
+                            "--report-dir", str(tmp_path), "--latency-repeats", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("parity PASS")
+    golden = json.loads((tmp_path / "parity.json").read_text())
+    assert [c["name"] for c in golden["cases"]] == [c.name for c in check_artifact(openvino_artifact, latency_repeats=0).cases]

@@ -108,6 +108,22 @@ def test_golden_check_runs_the_stored_cases_through_the_window(shipped):
     assert golden.latency is not None
 
 
+@needs_litert
+def test_golden_check_in_a_venv_without_torch(shipped, torchless_python, tmp_path):
+    """A phone or board build farm with ai-edge-litert and numpy, no torch, checks a LiteRT artifact."""
+    import json
+
+    from ..conftest import run_without_torch
+
+    path, report = shipped("fp32")
+    result = run_without_torch(torchless_python, "-m", "hubert_export.cli", "check", str(path), "--golden",
+                               "--report-dir", str(tmp_path), "--latency-repeats", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("parity PASS")
+    assert [c["name"] for c in json.loads((tmp_path / "parity.json").read_text())["cases"]] == \
+        [c.name for c in report.cases]
+
+
 @pytest.mark.skipif(HAS_LITERT, reason="the [litert] extra is installed: the refusal cannot happen here")
 def test_target_refuses_without_the_extra(tmp_path, capsys):
     assert_refused_without_extra("litert", "litert", tmp_path, capsys)
