@@ -921,7 +921,6 @@ def build_matrix(
     the checkpoint travels through the object store and each artifact comes back through it, to be
     moved into place here; with "shared", workers read and write the paths themselves. A build
     that stops on an error is an entry with `error` set; the others go on."""
-    from hubert_export import artifact as artifacts
     from hubert_export.build import DEFAULT_MODEL_DIR, export_artifact
     from hubert_export.hub import resolve_model
     from hubert_export.recipes import load_recipe
@@ -944,37 +943,35 @@ def build_matrix(
     entries = [MatrixEntry(r.name, r.target, r.precision, out) for r, out in zip(loaded, outputs)]
     build_options = {"overwrite": overwrite, "latency_repeats": latency_repeats, "data_dir": data_dir,
                      "corpus_options": corpus_options, "normalize": normalize}
-
-    def record(entry: MatrixEntry, summary: dict[str, Any]) -> None:
-        for key, value in summary.items():
-            setattr(entry, key, value)
-        entry.exit_code = EXIT_OK if entry.passed else EXIT_PARITY_FAILED
-        log.info(f"matrix: {entry.recipe} {entry.verdict} ({entry.seconds:.0f} s)")
-
-    def failed(entry: MatrixEntry, exc: BaseException) -> None:
-        entry.error = str(exc).splitlines()[0] if isinstance(exc, HubertExportError) else \
-            f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        entry.exit_code = exc.exit_code if isinstance(exc, HubertExportError) else EXIT_INTERNAL
-        log.info(f"matrix: {entry.recipe} ERROR: {entry.error}")
-
     if not use_ray:
         for recipe, entry in zip(loaded, entries):
             started = time.perf_counter()
             try:
                 built = export_artifact(model_dir, entry.output, recipe, **build_options)
             except HubertExportError as exc:
-                failed(entry, exc)
+                _matrix_failed(entry, exc)
                 continue
-            record(entry, {"passed": built.passed, "size_bytes": built.size_bytes,
-                           "latency_seconds": built.latency_seconds, "worst": built.report.worst(),
-                           "failures": built.report.failures, "seconds": time.perf_counter() - started})
+            _matrix_record(entry, {"passed": built.passed, "size_bytes": built.size_bytes,
+                                   "latency_seconds": built.latency_seconds, "worst": built.report.worst(),
+                                   "failures": built.report.failures, "seconds": time.perf_counter() - started})
         return entries
-
     if files not in FILE_MODES:
         raise HubertExportError(f"--ray-files {files!r} is not one of {', '.join(FILE_MODES)}")
+    _matrix_on_ray(loaded, entries, model_dir, address=address, files=files, cpus_per_build=cpus_per_build,
+                   gpus_per_build=gpus_per_build, build_options=build_options)
+    return entries
+
+
+def _matrix_on_ray(loaded: list[Any], entries: list[MatrixEntry], model_dir: str | Path, *, address: str | None,
+                   files: str, cpus_per_build: float, gpus_per_build: float | None,
+                   build_options: dict[str, Any]) -> None:
+    """The matrix's builds as Ray tasks, their outcomes written into `entries`."""
+    from hubert_export import artifact as artifacts
+
     ray = connect(address)
     checkpoint = share_directory(model_dir, files)
     gpus_available = ray.cluster_resources().get("GPU", 0)
+    overwrite = build_options["overwrite"]
     pending: dict[Any, tuple[MatrixEntry, contextlib.ExitStack, Path | None]] = {}
     # Each output folder is claimed (artifacts.building) before its build starts, so a taken --output
     # fails at once, and held until the build's files are stored; `claims` releases every folder
@@ -983,15 +980,16 @@ def build_matrix(
         for recipe, entry in zip(loaded, entries):
             gpus = (1.0 if gpus_per_build is None else gpus_per_build) if recipe.target == "tensorrt" else 0.0
             if gpus > gpus_available:
-                failed(entry, HubertExportError(f"recipe {entry.recipe} builds for {recipe.target}, which needs a "
-                                                "GPU, and the cluster has none: add a GPU node or leave the recipe out"))
+                _matrix_failed(entry, HubertExportError(
+                    f"recipe {entry.recipe} builds for {recipe.target}, which needs a GPU, and the cluster has none: "
+                    "add a GPU node or leave the recipe out"))
                 continue
             claim, temp = contextlib.ExitStack(), None
             if files == "store":
                 try:
                     temp = claim.enter_context(artifacts.building(entry.output, overwrite=overwrite))
                 except HubertExportError as exc:
-                    failed(entry, exc)
+                    _matrix_failed(entry, exc)
                     continue
                 claims.push(claim)
             task = ray.remote(_build_one).options(num_cpus=cpus_per_build, num_gpus=gpus, max_retries=1)
@@ -1009,7 +1007,20 @@ def build_matrix(
                     for name, data in built["files"].items() if temp is not None else ():
                         (temp / name).parent.mkdir(parents=True, exist_ok=True)
                         (temp / name).write_bytes(data)
-                record(entry, built["summary"])
+                _matrix_record(entry, built["summary"])
             except Exception as exc:  # noqa: BLE001  (every build's outcome goes into the table)
-                failed(entry, _user_error(exc) or exc)
-    return entries
+                _matrix_failed(entry, _user_error(exc) or exc)
+
+
+def _matrix_record(entry: MatrixEntry, summary: dict[str, Any]) -> None:
+    for key, value in summary.items():
+        setattr(entry, key, value)
+    entry.exit_code = EXIT_OK if entry.passed else EXIT_PARITY_FAILED
+    log.info(f"matrix: {entry.recipe} {entry.verdict} ({entry.seconds:.0f} s)")
+
+
+def _matrix_failed(entry: MatrixEntry, exc: BaseException) -> None:
+    entry.error = str(exc).splitlines()[0] if isinstance(exc, HubertExportError) else \
+        f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    entry.exit_code = exc.exit_code if isinstance(exc, HubertExportError) else EXIT_INTERNAL
+    log.info(f"matrix: {entry.recipe} ERROR: {entry.error}")

@@ -302,6 +302,25 @@ def test_bad_audio_on_a_worker_is_one_line_naming_the_manifest_line(local_ray, s
         check_corpus([shipped_onnx], None, reference=SPEECH_DIR, latency_repeats=0)
 
 
+def test_a_matrix_without_ray_builds_one_after_another_and_goes_on_after_an_error(tmp_path, capsys):
+    from hubert_export.artifact import Artifact
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "first.yaml").write_text("target: onnx\nprecision: fp32\n")
+    (recipes / "second.yaml").write_text("target: onnx\nprecision: fp32\nthresholds: {max_abs_error: 1.0e-12}\n")
+    (tmp_path / "out" / "taken").mkdir(parents=True)
+    (tmp_path / "out" / "taken" / "notes.txt").write_text("someone else's")
+    (recipes / "taken.yaml").write_text("target: onnx\nprecision: fp32\n")
+    code = cli.main(["build", "--matrix", *(str(recipes / f"{n}.yaml") for n in ("first", "taken", "second")),
+                     "--output", str(tmp_path / "out"), "--latency-repeats", "0", "--quiet"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert "| PASS |" in rows["first"] and "| FAIL |" in rows["second"] and "exists" in rows["taken"]
+    assert code != 0 and Artifact.open(tmp_path / "out" / "first").precision == "fp32"
+    assert [p.name for p in (tmp_path / "out" / "taken").iterdir()] == ["notes.txt"]  # left alone
+
+
 def test_a_matrix_of_two_recipes_builds_both(local_ray, tmp_path, capsys):
     from hubert_export.artifact import Artifact
 
