@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,12 +45,6 @@ BUILTIN_CALIBRATION_DIR = DATA_DIR / "calibration"
 EXPORT_NAME = "export.onnx"  # after the back end's graph passes: what its build starts from
 
 log = logging.getLogger(__name__)
-
-# A test hook, "STEP:FILE": the build stops at STEP, says so, and waits until FILE exists, so that a
-# test can interrupt (or race) a build that is provably mid-way instead of hoping to catch one.
-HOLD_ENV = "HUBERT_EXPORT_TEST_HOLD"
-HOLD_LIMIT_SECONDS = 600
-
 
 @dataclass
 class BuildResult:
@@ -180,7 +173,6 @@ def export_artifact(
         # hashes (the model files' digests carried over, not read again).
         artifacts.write_manifest(tmp, manifest, known_sha256=built.file_sha256)
         artifact = artifacts.Artifact.open(tmp)
-        hold_at_step("parity")
         verified = _verify(artifact, backend, model, config, task, fe, with_mask, recipe,
                            data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
                            corpus_options=corpus_options, normalize=normalize, record_reference=True)
@@ -308,17 +300,6 @@ def _parity_summary(report: ParityReport) -> dict[str, Any]:
             "latency_seconds": latency.get("seconds"), "latency_shape": latency.get("shape"),
             "latency_compute_seconds": latency.get("compute_seconds"),
             "checked_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def hold_at_step(step: str) -> None:
-    """Wait here while HUBERT_EXPORT_TEST_HOLD names this step (see HOLD_ENV); a no-op otherwise."""
-    held, _, release = os.environ.get(HOLD_ENV, "").partition(":")
-    if held != step:
-        return
-    log.info(f"holding at step {step} until {release} exists ({HOLD_ENV})")
-    deadline = time.monotonic() + HOLD_LIMIT_SECONDS
-    while not Path(release).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _remove_tree(path: Path) -> None:

@@ -51,10 +51,6 @@ from hubert_export.parity import CaseOutcome, ParityCase, ParityReport, batch_ca
 RAY_EXTRA = "pip install 'hubert-export[ray]'"
 FILE_MODES = ("store", "shared")
 RESULTS_FORMAT = 1
-# A test hook: an ArtifactWorker that finds this variable naming a FILE that does not exist creates
-# it and exits (os._exit) on its second batch, as a node lost mid-run would; Ray restarts it and
-# retries the batch.
-CRASH_ENV = "HUBERT_EXPORT_TEST_CRASH"
 
 log = logging.getLogger(__name__)
 
@@ -336,10 +332,6 @@ class ArtifactWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
-        marker = os.environ.get(CRASH_ENV)
-        if marker and self.calls == 2 and not os.path.exists(marker):  # mid-run: after a first batch
-            Path(marker).touch()
-            os._exit(1)
         column = []
         for blob in batch["payload"]:
             payload = unpack_payload(blob)
@@ -634,7 +626,8 @@ def check_corpus(
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float | None = None,
     threads: int | None = None,
-    worker_env: dict[str, str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    worker_class: type | None = None,
     report_dir: str | Path | None = None,
     junit: str | Path | None = None,
 ) -> CorpusCheck:
@@ -649,7 +642,8 @@ def check_corpus(
     into length buckets unless `bucketing` is False; `results_dir` holds the per-utterance results
     that a rerun resumes from (default: a new temporary directory); `cpus_per_worker` and
     `gpus_per_worker` (default 1 for TensorRT, else 0) are each actor's Ray resources, `threads`
-    its intra-op threads (default: its CPUs), `worker_env` environment variables for the actors.
+    its intra-op threads (default: its CPUs), `runtime_env` Ray's runtime environment for the artifact
+    actors (environment variables, packages), `worker_class` their class (an `ArtifactWorker` subclass).
     Reports go to `report_dir` (one folder per artifact when there are several) and `junit`.
     """
     reference_workers = workers if reference_workers is None else reference_workers
@@ -692,7 +686,7 @@ def check_corpus(
         if corpus is not None:
             _run_corpus(ray, subjects, corpus, options, data, result, files=files, workers=workers,
                         reference_workers=reference_workers, batch_size=batch_size, bucketing=bucketing, cpus_per_worker=cpus_per_worker,
-                        threads=threads, worker_env=worker_env)
+                        threads=threads, runtime_env=runtime_env, worker_class=worker_class or ArtifactWorker)
         builtin_results = {label: ray.get(ref) for label, ref in builtin.items()}
     except Exception as exc:
         cause = _user_error(exc)
@@ -730,10 +724,10 @@ def check_corpus(
 def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: CorpusOptions, data: str | Path,
                 result: CorpusCheck, *, files: str, workers: int, reference_workers: int, batch_size: int,
                 bucketing: bool,
-                cpus_per_worker: float, threads: int, worker_env: dict[str, str] | None) -> None:
+                cpus_per_worker: float, threads: int, runtime_env: dict[str, Any] | None,
+                worker_class: type) -> None:
     """The corpus part: plan, resume, run the pipeline, append results (fills `result`)."""
     from hubert_export.audio import FeatureExtractorConfig
-    from hubert_export.build import hold_at_step
 
     utterances = corpus.utterances
     result.utterances = len(utterances)
@@ -780,7 +774,7 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
             rows.append({"batch": number, "members": pack_payload(members_data)})
         spec = {"task": task, "with_mask": with_mask, "hidden": hidden, "min_samples": min_samples,
                 "max_samples": max_samples}
-        remote_args: dict[str, Any] = {"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}
+        remote_args: dict[str, Any] = {"runtime_env": dict(runtime_env)} if runtime_env else {}
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         dataset = dataset.map_batches(
             ReferenceWorker, fn_constructor_kwargs={"checkpoint": members[0].checkpoint, "spec": spec,
@@ -789,7 +783,7 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
             num_cpus=cpus_per_worker, **remote_args)
         for subject in members:
             dataset = dataset.map_batches(
-                ArtifactWorker, fn_constructor_kwargs={"files": subject.files, "column": subject.column,
+                worker_class, fn_constructor_kwargs={"files": subject.files, "column": subject.column,
                                                        "done": frozenset(subject.results.records),
                                                        "threads": threads, "last": subject is members[-1]},
                 batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
@@ -816,7 +810,6 @@ def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: Corpus
             real += int(row["real"])
             padded += int(row["padded"])
             audio_seconds += int(row["real"]) / rate
-            hold_at_step("ray-results")  # a test holds the run here to interrupt it after one batch
     result.corpus_seconds = time.perf_counter() - start
     result.audio_seconds = audio_seconds
     result.nodes = len(nodes)

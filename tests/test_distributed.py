@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hubert_export import cli
-from hubert_export.build import DEFAULT_MODEL_DIR, HOLD_ENV, check_artifact, export_artifact
+from hubert_export.build import DEFAULT_MODEL_DIR, check_artifact, export_artifact
 from hubert_export.errors import HubertExportError
 from hubert_export.recipes import default_recipe
 
@@ -221,11 +221,15 @@ def test_interrupted_run_resumes_without_double_counting(full_run, shipped_onnx,
 
 
 def test_a_worker_killed_mid_run_is_retried_and_the_totals_are_right(local_ray, shipped_onnx, nemo_corpus, tmp_path):
-    from hubert_export.distributed import CRASH_ENV, check_corpus
+    from hubert_export.distributed import check_corpus
 
     marker = tmp_path / "crashed"
+    from .hooks import CrashingArtifactWorker
+
+    env = {"HUBERT_EXPORT_CRASH_MARKER": str(marker),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     result = check_corpus([shipped_onnx], nemo_corpus, results_dir=tmp_path / "results", latency_repeats=0,
-                          worker_env={CRASH_ENV: str(marker)})
+                          runtime_env={"env_vars": env}, worker_class=CrashingArtifactWorker)
     assert marker.exists()  # an artifact worker exited on its second batch; Ray restarted it and retried that
     assert result.computed == len(CLIPS)
     records = [json.loads(line) for line in next((tmp_path / "results").glob("*.jsonl")).read_text().splitlines()[1:]]
@@ -254,14 +258,15 @@ def test_length_buckets_in_padded_batches(local_ray, shipped_onnx, nemo_corpus, 
 @pytest.mark.slow  # 35 s: a second driver process joins the session's Ray
 def test_a_driver_killed_mid_run_resumes_from_its_results(local_ray, shipped_onnx, nemo_corpus, tmp_path):
     """A real interruption: `check --ray ADDRESS` in another process joins this Ray, is held after
-    its first batch (the test hook) and killed; the same command then finishes the corpus."""
+    its first batch (tests/hooks.py) and killed; the same command then finishes the corpus."""
     from hubert_export.distributed import check_corpus
 
     address = local_ray.get_runtime_context().gcs_address
     results = tmp_path / "results"
-    env = {**os.environ, HOLD_ENV: f"ray-results:{tmp_path / 'never'}",
+    env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "hubert_export.cli", "check", str(shipped_onnx), "--data", str(nemo_corpus),
+    command = [sys.executable, "-m", "tests.hooks", "hold-after-first-results", str(tmp_path / "never"), "--",
+               "check", str(shipped_onnx), "--data", str(nemo_corpus),
                "--ray", address, "--results-dir", str(results), "--latency-repeats", "0"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

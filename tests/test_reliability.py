@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from hubert_export import cli
 from hubert_export.artifact import Artifact, write_manifest
 from hubert_export.audio import load_audio
-from hubert_export.build import HOLD_ENV, export_artifact
+from hubert_export.build import export_artifact
 from hubert_export.errors import HubertExportError
 from hubert_export.model import HubertForCTC
 from hubert_export.model.weights import checkpoint_weight_files, read_torch_bin
@@ -410,18 +410,19 @@ def test_no_code_path_unpickles_without_weights_only():
 
 # ----------------------------------------------------------------------------- atomic artifacts, signals
 HELD = "holding at step parity"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _start_build(model: Path, out: Path, release: Path | None = None) -> subprocess.Popen:
-    """A CLI build; with `release`, held before its parity check (build.HOLD_ENV) until that file exists."""
-    env = dict(os.environ)
-    if release is not None:
-        env[HOLD_ENV] = f"parity:{release}"
+    """A CLI build; with `release`, held before its parity check (tests/hooks.py) until that file exists."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = ["--target", "onnx", "--model", str(model), "--output", str(out)]
+    entry = ["-m", "hubert_export.cli"] if release is None else ["-m", "tests.hooks", "hold-before-parity",
+                                                                  str(release), "--"]
     # SIGINT back to its default in the child: a shell that runs the tests as a background job
     # starts them with SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
-    return subprocess.Popen([sys.executable, "-m", "hubert_export.cli", "--target", "onnx", "--model", str(model),
-                             "--output", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen([sys.executable, *entry, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env=env, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(process: subprocess.Popen, words: str, timeout: float = 120) -> list[str]:
