@@ -24,7 +24,7 @@ import numpy as np
 
 from hubert_export import artifact as artifacts
 from hubert_export.audio import FeatureExtractorConfig, iter_audio_files, load_audio, prepare_batch
-from hubert_export.backends import Backend, BuildInputs, ExportedGraph, get_backend
+from hubert_export.backends import Backend, BackendBuild, BuildInputs, ExportedGraph, get_backend
 from hubert_export.corpus import CorpusOptions
 from hubert_export.errors import HubertExportError
 from hubert_export.hub import resolve_model
@@ -129,37 +129,11 @@ def export_artifact(
     # second core while the (mostly single-threaded) export runs on the first.
     with ThreadPoolExecutor(max_workers=1) as pool, artifacts.building(output, overwrite=overwrite) as tmp:
         checkpoint_sha256 = pool.submit(artifacts.hash_checkpoint, model_dir)
-        from hubert_export.export import check_onnx, export_onnx_serialized
-        from hubert_export.passes import run_passes
-
-        work = tmp / ".work"
-        work.mkdir()
-        graph = checked = None
-        if backend.needs_onnx:
-            log.info(f"exporting {task.name} to ONNX")
-            exported, serialized = export_onnx_serialized(
-                model, task, None, opset=recipe.export.opset, with_attention_mask=with_mask,
-                output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter,
-                check=False, parse=False)
-            # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
-            # the artifact is not finished until it has passed.
-            checked = pool.submit(check_onnx, serialized) if serialized is not None else None
-        try:
-            pass_names = backend.graph_passes(recipe)
-            if backend.needs_onnx:
-                graph = ExportedGraph(work / EXPORT_NAME, exported, serialized)
-                if pass_names:
-                    graph = ExportedGraph(work / EXPORT_NAME, run_passes(graph.model(), pass_names))
-            inputs = BuildInputs(tmp, work, recipe, config, fe, task, input_names, output_names, graph,
-                                 _calibration_loader(recipe, fe, input_names), model=model)
-            log.info(f"building the {recipe.target} {recipe.precision} artifact")
-            built = backend.build(inputs)
-            backend_section = {**built.section, "graph_passes": pass_names}
-        finally:
-            # A model the checker rejects explains any later failure: its error is the one reported.
-            if checked is not None:
-                checked.result()
-        _remove_tree(work)
+        inputs = BuildInputs(tmp, tmp / ".work", recipe, config, fe, task, input_names, output_names, None,
+                             _calibration_loader(recipe, fe, input_names), model=model)
+        built, pass_names = _build_model_files(backend, inputs, pool)
+        backend_section = {**built.section, "graph_passes": pass_names}
+        _remove_tree(inputs.work_dir)
         artifacts.copy_checkpoint_metadata(model_dir, tmp)
         manifest = artifacts.new_manifest(
             source={"checkpoint": str(Path(recorded_checkpoint or model_dir).resolve()), "checkpoint_sha256": checkpoint_sha256.result(),
@@ -188,6 +162,40 @@ def export_artifact(
     log.info(f"artifact written to {final} ({size / 1e6:.1f} MB), parity {'PASS' if report.passed else 'FAIL'}")
     latency = report.latency or {"seconds": None, "shape": [recipe.shapes.opt.batch, recipe.shapes.opt.samples]}
     return BuildResult(final, size, report, latency["seconds"], latency["shape"])
+
+
+def _build_model_files(backend: Backend, inputs: BuildInputs, pool: ThreadPoolExecutor) -> tuple[BackendBuild, list[str]]:
+    """The back end's model files in `inputs.out_dir`: for an ONNX back end, the model exported to
+    ONNX, checked on the second core meanwhile, and run through the back end's graph passes first.
+    Returns the build and the passes run."""
+    from hubert_export.export import check_onnx, export_onnx_serialized
+    from hubert_export.passes import run_passes
+
+    recipe, task = inputs.recipe, inputs.task
+    inputs.work_dir.mkdir()
+    checked = None
+    if backend.needs_onnx:
+        log.info(f"exporting {task.name} to ONNX")
+        exported, serialized = export_onnx_serialized(
+            inputs.model, task, None, opset=recipe.export.opset, with_attention_mask="attention_mask" in inputs.input_names,
+            output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter,
+            check=False, parse=False)
+        # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
+        # the artifact is not finished until it has passed.
+        checked = pool.submit(check_onnx, serialized) if serialized is not None else None
+    try:
+        pass_names = backend.graph_passes(recipe)
+        if backend.needs_onnx:
+            graph = ExportedGraph(inputs.work_dir / EXPORT_NAME, exported, serialized)
+            if pass_names:
+                graph = ExportedGraph(inputs.work_dir / EXPORT_NAME, run_passes(graph.model(), pass_names))
+            inputs = dataclasses.replace(inputs, graph=graph)
+        log.info(f"building the {recipe.target} {recipe.precision} artifact")
+        return backend.build(inputs), pass_names
+    finally:
+        # A model the checker rejects explains any later failure: its error is the one reported.
+        if checked is not None:
+            checked.result()
 
 
 def check_artifact(
