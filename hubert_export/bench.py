@@ -343,6 +343,45 @@ def run_benchmark(
     ceiling = matmul_ceiling(ceiling_size, threads=threads)
     log.info(f"matmul ceiling: {ceiling['gflops']:.1f} GFLOP/s")
 
+    records, runners, flop_config = _open_subjects(subjects, threads)
+    if baseline is not None and baseline not in runners:
+        notes.append(f"baseline {baseline} could not be loaded: no speed-ups")
+        baseline = None
+    measurements: list[dict[str, Any]] = []
+    for seconds, batch in itertools.product(lengths, batches):
+        measurements += _measure_shape(runners, flop_config, seconds, batch, repeats=repeats, warmup=warmup,
+                                       gflops=ceiling["gflops"], baseline=baseline)
+
+    for runner in runners.values():
+        runner.close()
+    if memory:
+        for record, subject in zip(records, subjects):
+            if record["error"] is None:
+                log.info(f"peak memory of {subject.name} (fresh process)")
+                record["memory"] = measure_memory(subject, shapes, threads)
+        if _vm_hwm_bytes() is None:
+            notes.append("peak memory not measured: /proc/self/status has no VmHWM on this system")
+    from hubert_export.artifact import library_versions
+    from hubert_export.isa import host_description  # the flags that decide INT8 speed and rounding
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                    "cpu": host_description(), "libraries": library_versions()},
+        "settings": {"lengths_s": [float(s) for s in lengths], "batches": [int(b) for b in batches],
+                     "repeats": repeats, "warmup": warmup, "threads": threads, "sample_rate": SAMPLE_RATE,
+                     "baseline": baseline},
+        "ceiling": ceiling,
+        "subjects": records,
+        "measurements": measurements,
+        "notes": notes,
+    }
+
+
+def _open_subjects(subjects: list[Subject], threads: int | None) -> tuple[list[dict[str, Any]], dict[str, Any],
+                                                                         dict[str, tuple[Any, str]]]:
+    """Each subject's record (its info, load time or error), its active runner and its (config, task)."""
     records: list[dict[str, Any]] = []
     runners: dict[str, Any] = {}
     flop_config: dict[str, tuple[Any, str]] = {}
@@ -362,76 +401,51 @@ def run_benchmark(
             record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log.info(f"cannot load {subject.name}: {record['error']}")
         records.append(record)
-    if baseline is not None and baseline not in runners:
-        notes.append(f"baseline {baseline} could not be loaded: no speed-ups")
-        baseline = None
+    return records, runners, flop_config
 
-    measurements: list[dict[str, Any]] = []
-    for seconds, batch in itertools.product(lengths, batches):
-        samples = int(round(seconds * SAMPLE_RATE))
-        active: dict[str, Any] = {}
-        rows: dict[str, dict[str, Any]] = {}
-        outputs: dict[str, dict[str, np.ndarray]] = {}
-        for name, runner in runners.items():
-            row = {"subject": name, "seconds": seconds, "batch": batch, "samples": samples, "runs_s": [],
-                   "skipped": None, "vs_baseline": None}
-            rows[name] = row
-            config, task = flop_config[name]
-            try:
-                row["gflop"] = _count(config, samples, batch, task)
-                inputs = _inputs(runner, batch, samples)
-                for i in range(max(warmup, 1)):  # at least one call: it gives the outputs compared below
-                    out = runner.infer(inputs)
-                    if i == 0:
-                        outputs[name] = out
-                active[name] = (runner, inputs)
-            except Exception as exc:  # noqa: BLE001 - outside the shape range, out of memory, ...
-                row["skipped"] = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-                log.info(f"{name} {seconds:g} s x{batch}: skipped ({row['skipped']})")
-        order = list(active)
-        for r in range(repeats if order else 0):
-            # Round-robin, so drift in machine load hits every subject alike; rotated each repeat and
-            # paused between subjects, so no subject always runs right after one whose idle thread pool
-            # still spins (ONNX Runtime's workers busy-wait briefly after each run).
-            for name in order[r % len(order):] + order[: r % len(order)]:
-                runner, inputs = active[name]
-                time.sleep(PAUSE_S)
-                start = time.perf_counter()
-                runner.infer(inputs)
-                rows[name]["runs_s"].append(time.perf_counter() - start)
-            log.info(f"{seconds:g} s x{batch} repeat {r + 1}/{repeats}: "
-                + ", ".join(f"{n} {rows[n]['runs_s'][-1]:.3f} s" for n in order))
-        base = rows.get(baseline) if baseline else None
-        for name, row in rows.items():
-            _summarise(row, ceiling["gflops"], base)
-            if baseline and name != baseline and name in outputs and baseline in outputs:
-                row["vs_baseline"] = _agreement(outputs[baseline], outputs[name])
-            measurements.append(row)
 
-    for runner in runners.values():
-        runner.close()
-    if memory:
-        for record, subject in zip(records, subjects):
-            if record["error"] is None:
-                log.info(f"peak memory of {subject.name} (fresh process)")
-                record["memory"] = measure_memory(subject, shapes, threads)
-        if _vm_hwm_bytes() is None:
-            notes.append("peak memory not measured: /proc/self/status has no VmHWM on this system")
-    from hubert_export.artifact import library_versions
-
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-                    "libraries": library_versions()},
-        "settings": {"lengths_s": [float(s) for s in lengths], "batches": [int(b) for b in batches],
-                     "repeats": repeats, "warmup": warmup, "threads": threads, "sample_rate": SAMPLE_RATE,
-                     "baseline": baseline},
-        "ceiling": ceiling,
-        "subjects": records,
-        "measurements": measurements,
-        "notes": notes,
-    }
+def _measure_shape(runners: dict[str, Any], flop_config: dict[str, tuple[Any, str]], seconds: float, batch: int, *,
+                   repeats: int, warmup: int, gflops: float, baseline: str | None) -> list[dict[str, Any]]:
+    """Every runner at one length x batch: warm-up, then `repeats` round-robin timings; one row each."""
+    samples = int(round(seconds * SAMPLE_RATE))
+    active: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for name, runner in runners.items():
+        row = {"subject": name, "seconds": seconds, "batch": batch, "samples": samples, "runs_s": [],
+               "skipped": None, "vs_baseline": None}
+        rows[name] = row
+        config, task = flop_config[name]
+        try:
+            row["gflop"] = _count(config, samples, batch, task)
+            inputs = _inputs(runner, batch, samples)
+            for i in range(max(warmup, 1)):  # at least one call: it gives the outputs compared below
+                out = runner.infer(inputs)
+                if i == 0:
+                    outputs[name] = out
+            active[name] = (runner, inputs)
+        except Exception as exc:  # noqa: BLE001 - outside the shape range, out of memory, ...
+            row["skipped"] = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            log.info(f"{name} {seconds:g} s x{batch}: skipped ({row['skipped']})")
+    order = list(active)
+    for r in range(repeats if order else 0):
+        # Round-robin, so drift in machine load hits every subject alike; rotated each repeat and
+        # paused between subjects, so no subject always runs right after one whose idle thread pool
+        # still spins (ONNX Runtime's workers busy-wait briefly after each run).
+        for name in order[r % len(order):] + order[: r % len(order)]:
+            runner, inputs = active[name]
+            time.sleep(PAUSE_S)
+            start = time.perf_counter()
+            runner.infer(inputs)
+            rows[name]["runs_s"].append(time.perf_counter() - start)
+        log.info(f"{seconds:g} s x{batch} repeat {r + 1}/{repeats}: "
+                 + ", ".join(f"{n} {rows[n]['runs_s'][-1]:.3f} s" for n in order))
+    base = rows.get(baseline) if baseline else None
+    for name, row in rows.items():
+        _summarise(row, gflops, base)
+        if baseline and name != baseline and name in outputs and baseline in outputs:
+            row["vs_baseline"] = _agreement(outputs[baseline], outputs[name])
+    return list(rows.values())
 
 
 def _count(config: Any, samples: int, batch: int, task: str) -> float:

@@ -55,6 +55,7 @@ def results(onnx_artifact, ctc_checkpoint):
 def test_schema(results):
     assert results["schema_version"] == SCHEMA_VERSION
     assert set(results) >= {"created_utc", "machine", "settings", "ceiling", "subjects", "measurements", "notes"}
+    assert {"isa", "flags"} <= set(results["machine"]["cpu"])  # every figure names the CPU's INT8-relevant flags
     assert results["settings"] == {"lengths_s": [0.02, 0.1], "batches": [1, 2], "repeats": 2, "warmup": 0,
                                    "threads": 1, "sample_rate": 16_000, "baseline": "eager"}
     assert results["ceiling"]["size"] == 128 and results["ceiling"]["gflops"] > 0
