@@ -22,7 +22,6 @@ from hubert_export import artifact as artifacts
 from hubert_export.backends import get_backend
 from hubert_export.model.config import load_config
 from hubert_export.parity import CaseOutcome, ParityCase, ParityReport, run_cases, summarize
-from hubert_export.recipes import ShapeRange
 from hubert_export.runner import Runner, WindowRunner, median_latency
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,9 @@ class ParityCheck:
         config = load_config(artifact.path)
         tokenizer = artifact.tokenizer()
         backend = get_backend(artifact.target)
-        accepted = accepted_shapes(artifact)
+        # What the artifact accepts: the range it was built for (one shape for LiteRT, a fixed batch
+        # for ExecuTorch), else its recipe's.
+        accepted = artifact.shape_range() or recipe.shapes.range
         window = accepted.window
         log.info(f"parity check: {len(self.cases)} cases against {self.reference.name}")
         with self.reference, backend.load(artifact) as loaded:
@@ -61,12 +62,6 @@ class ParityCheck:
                 report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples,
                                                 latency_repeats)
         return report, outcomes
-
-
-def accepted_shapes(artifact: artifacts.Artifact) -> ShapeRange:
-    """What the artifact accepts: the range it was built for (one shape for LiteRT, a fixed batch for
-    ExecuTorch), else its recipe's."""
-    return artifact.shape_range() or artifact.recipe().shapes.range
 
 
 def frame_axes(manifest: dict[str, Any]) -> dict[str, int]:

@@ -152,7 +152,8 @@ def _convert(inputs: BuildInputs) -> ov.Model:
 
 def inference_precision(recipe: Recipe) -> str:
     """The INFERENCE_PRECISION_HINT a recipe's artifact runs with (see `OpenVinoOptions.inference_precision`):
-    auto is bf16 for plain INT8 on a deployment ISA with bf16 instructions, f32 otherwise. Accuracy control promises a drop measured in f32 too."""
+    auto is bf16 for plain INT8 on a deployment ISA with bf16 instructions, f32 otherwise. Accuracy
+    control promises a drop measured in f32 too."""
     if recipe.openvino.inference_precision != "auto":
         return recipe.openvino.inference_precision
     plain_int8 = recipe.precision == "int8" and recipe.calibration.max_accuracy_drop is None
@@ -232,7 +233,7 @@ def _quantize(build: BuildInputs, model: ov.Model) -> tuple[ov.Model, dict[str, 
         raise HubertExportError("INT8 quantisation left every Conv/MatMul in float: the artifact would be an FP32 "
                                 "model labelled INT8; narrow calibration.float_groups/ignored_scopes, or build "
                                 "--precision fp32")
-    details.update(_int8_counts(quantized))
+    details.update(_int8_counts(quantized_ops))
     details["float_layers"] = float_ops
     log.info(f"INT8: {len(quantized_ops)} layers quantised, {len(float_ops)} left in float")
     return quantized, details
@@ -305,7 +306,7 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
     quantized = nncf.quantize(model, dataset, advanced_parameters=uncompressed, **{**options, "ignored_scope": scope})
     best, best_value, best_groups = quantized, score(quantized), list(float_groups)
     steps = [{"float_groups": list(float_groups), "metric": best_value,
-              **_int8_counts(quantized)}]
+              **_int8_counts(_layer_precisions(quantized)[0])}]
     log.info(f"accuracy control: start ({', '.join(float_groups) or 'nothing'} in float): "
              f"{metric.__name__} {best_value:.4f}, drop {1 - best_value:.4f}")
     for index, group in enumerate(candidates, start=1):
@@ -315,7 +316,7 @@ def _quantize_with_accuracy_control(build: BuildInputs, model: ov.Model, items: 
         candidate = revert_to_float(quantized, matching(weighted, group_patterns(float_groups)), model)
         value = score(candidate)
         steps.append({"float_groups": list(float_groups), "metric": value,
-                      **_int8_counts(candidate)})
+                      **_int8_counts(_layer_precisions(candidate)[0])})
         log.info(f"accuracy control: revert {index}/{len(candidates)} {group}: {metric.__name__} {value:.4f}, "
                  f"drop {1 - value:.4f}")
         if value >= best_value:
@@ -383,9 +384,9 @@ def _agreement_metric(task: str):
     return frame_argmax_agreement if task == "ctc" else mean_cosine_similarity
 
 
-def _int8_counts(model: ov.Model) -> dict[str, int]:
-    """How many Conv/MatMul layers are INT8, and how many of those are where INT8 saves time."""
-    quantized = _layer_precisions(model)[0]
+def _int8_counts(quantized: list[str]) -> dict[str, int]:
+    """How many Conv/MatMul layers are INT8 (`quantized`, from `_layer_precisions`), and how many of
+    those are where INT8 saves time."""
     return {"quantized_layers": len(quantized), "compute_int8_layers": len(compute_layers(quantized))}
 
 
