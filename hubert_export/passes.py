@@ -124,68 +124,79 @@ def fp16_with_fp32_islands(model: onnx.ModelProto, fp32_nodes: Iterable[str]) ->
     back, and its input too, which is what the pin exists to prevent.)
     """
     keep = set(fp32_nodes)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
-    types.update({t.name: t.data_type for t in graph.initializer})
-    initializers = {t.name: t for t in graph.initializer}
-    constants: dict[str, onnx.TensorProto] = {}
-    for node in graph.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise HubertExportError(f"fp16_with_fp32_islands: node {node.name} ({node.op_type}) has a subgraph, "
-                                    "which this pass does not convert: build in fp32")
-        if node.op_type == "Constant":
-            types.update({o: next((a.t.data_type for a in node.attribute if a.name == "value"), 0) for o in node.output})
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None and value.data_type == FLOAT:
-                constants[node.output[0]] = value
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    _refuse_subgraphs(graph)
+    types, constants = _element_types(graph)
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
     del out.graph.value_info[:]  # types change; consumers re-infer them
-    produced: dict[str, int] = {i.name: FLOAT if types.get(i.name) == FLOAT else types.get(i.name, 0)
-                                for i in model.graph.input}  # tensor -> its element type after the pass
-    produced.update({name: t.data_type for name, t in initializers.items()})
-    half_weights: dict[str, str] = {}
-    casts: dict[tuple[str, int], str] = {}
-    new_nodes: list[onnx.NodeProto] = []
-
-    def as_type(name: str, target: int, scope: str) -> str:
-        if not name or produced.get(name) not in (FLOAT, HALF) or produced[name] == target:
-            return name
-        if (name in initializers or name in constants) and target == HALF:  # a half copy, no Cast at run time
-            if name not in half_weights:
-                source = initializers[name] if name in initializers else constants[name]
-                half = numpy_helper.from_array(_to_half(numpy_helper.to_array(source)), f"{name}_fp16")
-                if name in initializers:
-                    out.graph.initializer.append(half)
-                else:
-                    new_nodes.append(helper.make_node("Constant", [], [half.name], value=half,
-                                                      name=f"{scope}/Constant_fp16_{len(half_weights)}"))
-                half_weights[name] = half.name
-                produced[half.name] = HALF
-            return half_weights[name]
-        key = (name, target)
-        if key not in casts:
-            casts[key] = f"{name}_to_{'fp16' if target == HALF else 'fp32'}"
-            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=target,
-                                              name=f"{scope}/Cast_to_{'fp16' if target == HALF else 'fp32'}_{len(casts)}"))
-            produced[casts[key]] = target
-        return casts[key]
-
+    conversion = _HalfConversion(out.graph, types, {t.name: t for t in graph.initializer}, constants)
     for node in graph.node:
-        scope = node.name.rsplit("/", 1)[0] if "/" in node.name else "/model"
+        conversion.add(node, _target_type(node, keep, conversion.produced))
+    _cast_outputs_to_fp32(out.graph.output, conversion.produced, conversion.new_nodes)
+    out.graph.node.extend(conversion.new_nodes)
+    _drop_unused_initializers(out.graph)
+    return out
+
+
+def _refuse_subgraphs(graph: onnx.GraphProto) -> None:
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise HubertExportError(f"fp16_with_fp32_islands: node {node.name} ({node.op_type}) has a subgraph, "
+                                    "which this pass does not convert: build in fp32")
+
+
+def _element_types(graph: onnx.GraphProto) -> tuple[dict[str, int], dict[str, onnx.TensorProto]]:
+    """Each tensor's element type in the shape-inferred `graph` (before the pass), and the FP32
+    values of its Constant nodes by output name (they get half copies, as initializers do)."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    constants: dict[str, onnx.TensorProto] = {}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            types.update({o: next((a.t.data_type for a in node.attribute if a.name == "value"), 0) for o in node.output})
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and value.data_type == FLOAT:
+                constants[node.output[0]] = value
+    return types, constants
+
+
+def _target_type(node: onnx.NodeProto, keep: set[str], produced: dict[str, int]) -> int:
+    """The float type `node` computes in: FP32 when pinned, or when it has no arithmetic and reads
+    FP32 only (so the input's path to a pinned node stays unrounded); else half."""
+    if node.name in keep:
+        return FLOAT
+    if node.op_type in _PRECISION_NEUTRAL_OPS:
         float_inputs = [i for i in node.input if produced.get(i) in (FLOAT, HALF)]
-        if node.name in keep:
-            target = FLOAT
-        elif node.op_type in _PRECISION_NEUTRAL_OPS:
-            target = FLOAT if all(produced[i] == FLOAT for i in float_inputs) else HALF
-        else:
-            target = HALF
+        return FLOAT if all(produced[i] == FLOAT for i in float_inputs) else HALF
+    return HALF
+
+
+class _HalfConversion:
+    """The converted graph as it is written, node by node: each tensor's element type after the
+    pass (`produced`), the half weight copies and Casts made so far (each made once, then reused),
+    and the new node list in order."""
+
+    def __init__(self, graph: onnx.GraphProto, types: dict[str, int], initializers: dict[str, onnx.TensorProto],
+                 constants: dict[str, onnx.TensorProto]) -> None:
+        self.graph = graph  # the output graph: half copies of initializers are added to it
+        self.types = types
+        self.initializers = initializers
+        self.constants = constants
+        self.produced: dict[str, int] = {i.name: types.get(i.name, 0) for i in graph.input}
+        self.produced.update({name: t.data_type for name, t in initializers.items()})
+        self.half_weights: dict[str, str] = {}
+        self.casts: dict[tuple[str, int], str] = {}
+        self.new_nodes: list[onnx.NodeProto] = []
+
+    def add(self, node: onnx.NodeProto, target: int) -> None:
+        """`node` computing in `target`: its float inputs converted to it, its outputs recorded."""
+        scope = node.name.rsplit("/", 1)[0] if "/" in node.name else "/model"
         converted = onnx.NodeProto()
         converted.CopyFrom(node)
-        converted.input[:] = [as_type(i, target, scope) for i in node.input]
+        converted.input[:] = [self.as_type(i, target, scope) for i in node.input]
         for attribute in converted.attribute:  # ops whose output type is an attribute
             if node.op_type == "Cast" and attribute.name == "to" and attribute.i in (FLOAT, HALF):
                 attribute.i = target
@@ -193,30 +204,67 @@ def fp16_with_fp32_islands(model: onnx.ModelProto, fp32_nodes: Iterable[str]) ->
                 value = numpy_helper.to_array(attribute.t)
                 value = _to_half(value) if target == HALF else value
                 attribute.t.CopyFrom(numpy_helper.from_array(value, attribute.t.name))
-        new_nodes.append(converted)
+        self.new_nodes.append(converted)
         for output in node.output:
-            original = types.get(output, 0)
+            original = self.types.get(output, 0)
             if node.op_type == "Constant":
-                produced[output] = original  # constants stay as written; consumers cast them (folded)
+                self.produced[output] = original  # constants stay as written; consumers cast them (folded)
             elif original in (FLOAT, HALF) or (node.op_type in ("Cast", "ConstantOfShape") and original == FLOAT):
-                produced[output] = target
+                self.produced[output] = target
             else:
-                produced[output] = original
-    # Outputs keep their FP32 interface: the last half tensor is cast up under the output's name.
-    for output in out.graph.output:
+                self.produced[output] = original
+
+    def as_type(self, name: str, target: int, scope: str) -> str:
+        """The tensor `name` as `target`: itself, its half copy (a weight) or a Cast's output."""
+        if not name or self.produced.get(name) not in (FLOAT, HALF) or self.produced[name] == target:
+            return name
+        if (name in self.initializers or name in self.constants) and target == HALF:  # no Cast at run time
+            return self._half_weight(name, scope)
+        return self._cast(name, target, scope)
+
+    def _half_weight(self, name: str, scope: str) -> str:
+        if name not in self.half_weights:
+            source = self.initializers[name] if name in self.initializers else self.constants[name]
+            half = numpy_helper.from_array(_to_half(numpy_helper.to_array(source)), f"{name}_fp16")
+            if name in self.initializers:
+                self.graph.initializer.append(half)
+            else:
+                self.new_nodes.append(helper.make_node("Constant", [], [half.name], value=half,
+                                                       name=f"{scope}/Constant_fp16_{len(self.half_weights)}"))
+            self.half_weights[name] = half.name
+            self.produced[half.name] = HALF
+        return self.half_weights[name]
+
+    def _cast(self, name: str, target: int, scope: str) -> str:
+        key = (name, target)
+        if key not in self.casts:
+            suffix = "fp16" if target == HALF else "fp32"
+            self.casts[key] = f"{name}_to_{suffix}"
+            self.new_nodes.append(helper.make_node("Cast", [name], [self.casts[key]], to=target,
+                                                   name=f"{scope}/Cast_to_{suffix}_{len(self.casts)}"))
+            self.produced[self.casts[key]] = target
+        return self.casts[key]
+
+
+def _cast_outputs_to_fp32(outputs: Iterable[onnx.ValueInfoProto], produced: dict[str, int],
+                          nodes: list[onnx.NodeProto]) -> None:
+    """Outputs keep their FP32 interface: the last half tensor is renamed and cast up under the output's name."""
+    for output in outputs:
         if produced.get(output.name) == HALF:
             internal = f"{output.name}_fp16"
-            for node in new_nodes:
+            for node in nodes:
                 node.output[:] = [internal if o == output.name else o for o in node.output]
                 node.input[:] = [internal if i == output.name else i for i in node.input]
-            new_nodes.append(helper.make_node("Cast", [internal], [output.name], to=FLOAT,
-                                              name=f"/model/{output.name}/Cast_to_fp32"))
-    out.graph.node.extend(new_nodes)
-    used = {i for n in out.graph.node for i in n.input}
-    kept = [t for t in out.graph.initializer if t.name in used]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
-    return out
+            nodes.append(helper.make_node("Cast", [internal], [output.name], to=FLOAT,
+                                          name=f"/model/{output.name}/Cast_to_fp32"))
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    # Mostly the FP32 originals of weights that every reader now takes as half copies.
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 # --------------------------------------------------------------------------------------------------
