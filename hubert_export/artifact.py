@@ -6,36 +6,13 @@ An artifact is a directory holding the model file(s) of one back end, the checkp
 directory beside the output and renamed into place only when complete (`building`), so a failed
 or killed build never leaves a half artifact where a finished one is expected.
 
-manifest.json keys:
-
-    manifest_version  int, MANIFEST_VERSION; readers refuse other versions.
-    tool              {name: "hubert-export", version}
-    versions          library_versions() at build time: python, torch, onnx, onnxruntime, ...
-    created_utc       ISO 8601 time of the build, e.g. "2025-01-31T12:00:00Z"
-    source            {checkpoint: path or hub id, checkpoint_sha256: hash_checkpoint(),
-                       architecture: e.g. "HubertForCTC"}
-    task              feature-extraction | ctc | sequence-classification
-    target            onnx | openvino | tensorrt
-    precision         fp32 | fp16 | int8
-    recipe            Recipe.to_dict() of the recipe the artifact was built from
-    io                {inputs: [{name, dtype, shape}], outputs: [{name, dtype, shape}],
-                       dynamic_axes: {tensor name: {axis index: symbolic name}}};
-                       shapes use symbolic names for dynamic axes, e.g. ["batch", "samples"]
-    shape_range       {min, opt, max}: each {batch, samples}, the inputs the artifact accepts
-    files             {relative name: {sha256, bytes}} of every file except manifest.json (the
-                       model files, copied metadata, parity.json/parity.md, golden.npz), written
-                       by write_manifest() as the build's last step and checked by
-                       Artifact.verify_files(); `check` writes nothing into an artifact
-    backend           the back end's own section, as returned by its build(); its `files` (a list
-                      of relative names) names the model files; `graph_passes` lists the passes
-                      run on the export before the build (the back end's graph_passes(recipe))
-    parity            the build's parity results (verdict, worst metrics, latency)
-    golden            the stored golden outputs (hubert_export.golden), or why they were not stored
+manifest.json is typed and versioned in hubert_export/manifest.py (`Manifest`, its sections and
+version history): `new_manifest` starts one, `write_manifest` validates and writes it, and
+`Artifact.open` reads any version this tool has written. `check` writes nothing into an artifact.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import hashlib
 import importlib.metadata
@@ -54,10 +31,9 @@ from typing import Any, Iterator, Mapping
 import filelock
 
 from hubert_export.errors import HubertExportError
+from hubert_export.manifest import MANIFEST_NAME, MANIFEST_VERSION, Manifest, read_manifest
 from hubert_export.targets import model_suffixes
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
 TOOL_NAME = "hubert-export"
 
 _BLOCK = 1 << 20
@@ -430,8 +406,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+def _write_text_atomic(path: Path, text: str) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         with open(temp, "w", encoding="utf-8") as f:
@@ -448,8 +423,9 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_manifest(directory: str | Path, manifest: dict[str, Any],
-                   known_sha256: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Write `manifest` (plus the `files` table of everything in `directory`) as manifest.json.
+                   known_sha256: Mapping[str, str] | None = None) -> Manifest:
+    """Write `manifest` (plus the `files` table of everything in `directory`) as manifest.json,
+    after checking that it is a valid `Manifest`: what is written is what every reader reads.
 
     Call it last, after every other file is written. Returns the manifest as written.
     """
@@ -457,14 +433,16 @@ def write_manifest(directory: str | Path, manifest: dict[str, Any],
     written = dict(manifest)
     written.setdefault("manifest_version", MANIFEST_VERSION)
     written["files"] = file_table(directory, known_sha256)
-    _write_json_atomic(directory / MANIFEST_NAME, written)
-    return written
+    text = json.dumps(written, indent=2, sort_keys=True, default=_json_default) + "\n"
+    typed = read_manifest(json.loads(text), f"the manifest being written to {directory}")
+    _write_text_atomic(directory / MANIFEST_NAME, text)
+    return typed
 
 
 class Artifact:
     """A built artifact directory, opened through its manifest."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: Manifest) -> None:
         self._path = path
         self._manifest = manifest
 
@@ -476,61 +454,43 @@ class Artifact:
         if not path.is_dir() or not (path / MANIFEST_NAME).is_file():
             raise HubertExportError(not_artifact)
         try:
-            manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+            data = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise HubertExportError(f"{path} is not a hubert-export artifact ({MANIFEST_NAME} is not "
                                     f"readable JSON: {type(exc).__name__}): rebuild the artifact") from None
-        if not isinstance(manifest, dict):
-            raise HubertExportError(f"{path} is not a hubert-export artifact ({MANIFEST_NAME} is not "
-                                    f"a JSON object): rebuild the artifact")
-        version = manifest.get("manifest_version")
-        if version != MANIFEST_VERSION:
-            if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION:
-                raise HubertExportError(f"artifact {path} was written by a newer hubert-export "
-                                        f"(manifest_version {version}, this one reads {MANIFEST_VERSION}): "
-                                        f"upgrade hubert-export")
-            raise HubertExportError(f"{path} is not a hubert-export artifact ({MANIFEST_NAME} has "
-                                    f"manifest_version {version!r}, expected {MANIFEST_VERSION}): "
-                                    f"rebuild the artifact")
-        for key, kind in (("target", str), ("precision", str), ("files", dict)):
-            if not isinstance(manifest.get(key), kind):
-                raise HubertExportError(f"artifact {path}: {MANIFEST_NAME} has no valid {key!r} "
-                                        f"(damaged or hand-edited?): rebuild the artifact")
-        for name, entry in manifest["files"].items():
-            if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                    and isinstance(entry.get("bytes"), int)):
-                raise HubertExportError(f"artifact {path}: {MANIFEST_NAME} has a damaged entry for "
-                                        f"{name!r} in 'files': rebuild the artifact")
-        return cls(path, manifest)
+        return cls(path, read_manifest(data, f"artifact {path}: {MANIFEST_NAME}"))
 
     @property
     def path(self) -> Path:
         return self._path
 
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         """A copy: only a build writes an artifact's manifest."""
-        return copy.deepcopy(self._manifest)
+        return self._manifest.model_copy(deep=True)
 
     @property
     def target(self) -> str:
-        return self._manifest["target"]
+        return self._manifest.target
 
     @property
     def precision(self) -> str:
-        return self._manifest["precision"]
+        return self._manifest.precision
 
     @property
-    def task(self) -> str | None:
-        return self._manifest.get("task")
+    def task(self) -> str:
+        return self._manifest.task
+
+    @property
+    def input_contract(self) -> Any:
+        """What the artifact accepts (a contract.InputContract), as its back end declared it."""
+        return self._manifest.input_contract
 
     def recipe(self) -> Any:
         """The recipe the artifact was built from (a recipes.Recipe), read back from the manifest."""
         from hubert_export.recipes import recipe_from_dict
 
-        if not isinstance(self._manifest.get("recipe"), dict):
-            raise HubertExportError(f"artifact {self._path}: {MANIFEST_NAME} has no recipe: rebuild the artifact")
-        return recipe_from_dict(self._manifest["recipe"], source=f"{self._path}/{MANIFEST_NAME}")
+        return recipe_from_dict(self._manifest.recipe, source=f"{self._path}/{MANIFEST_NAME}")
 
     def tokenizer(self) -> Any:
         """The CTC tokenizer of the artifact's vocab.json (a tokenizer.CTCTokenizer), or None without one."""
@@ -540,56 +500,33 @@ class Artifact:
 
     @property
     def int8_layers(self) -> int | None:
-        """How many Conv/MatMul layers compute in INT8 (None: not an INT8 artifact, or built before the
-        count was recorded for every back end)."""
-        if self.precision != "int8":
-            return None
-        backend = self._manifest.get("backend") or {}
-        if "int8_layers" in backend:
-            return backend["int8_layers"]
-        quantization = backend.get("quantization")
-        return quantization.get("quantized_layers") if isinstance(quantization, dict) else None
+        """How many Conv/MatMul layers compute in INT8 (None: not an INT8 artifact, or not recorded)."""
+        return self._manifest.int8_layers
 
     @property
     def deployment_isa(self) -> str | None:
         """The CPU instruction set the artifact was built for (hubert_export/isa.py); None before it was recorded."""
-        return (self._manifest.get("isa") or {}).get("deployment")
+        return self._manifest.isa.deployment if self._manifest.isa is not None else None
 
     @property
     def model_files(self) -> list[Path]:
         """The back end's model files: `backend.files` when recorded, else by the registered back ends'
         file suffixes (hubert_export/targets.py)."""
-        backend = self._manifest.get("backend")
-        named = backend.get("files") if isinstance(backend, dict) else None
+        named = self._manifest.backend.get("files")
         if isinstance(named, dict):
             named = list(named)
         if isinstance(named, list) and named and all(isinstance(n, str) for n in named):
             return [self._path / n for n in named]
-        return [self._path / n for n in sorted(self._manifest["files"]) if n.endswith(model_suffixes())]
-
-    def shape_range(self) -> Any:
-        """The manifest's shape_range as a recipes.ShapeRange (None when not recorded)."""
-        from hubert_export.recipes import Shape, ShapeRange
-
-        recorded = self._manifest.get("shape_range")
-        if not isinstance(recorded, dict):
-            return None
-        try:
-            return ShapeRange(*(Shape(int(recorded[s]["batch"]), int(recorded[s]["samples"]))
-                                for s in ("min", "opt", "max")))
-        except (KeyError, TypeError, ValueError):
-            raise HubertExportError(f"artifact {self._path}: {MANIFEST_NAME} has a damaged "
-                                    f"'shape_range': rebuild the artifact") from None
+        return [self._path / n for n in sorted(self._manifest.files) if n.endswith(model_suffixes())]
 
     def verify_files(self) -> None:
         """Raise when a file listed in the manifest is missing or no longer has its recorded hash."""
         problems = []
-        for name, entry in sorted(self._manifest["files"].items()):
+        for name, entry in sorted(self._manifest.files.items()):
             file = self._path / name
             if not file.is_file():
                 problems.append(f"{name} is missing")
-            elif file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
+            elif file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
                 problems.append(f"{name} does not match the hash in {MANIFEST_NAME} (modified after the build?)")
         if problems:
             raise HubertExportError(f"artifact {self._path}: {'; '.join(problems)}: rebuild the artifact")
-

@@ -213,7 +213,7 @@ def _artifact_info(subject: Subject) -> dict[str, Any]:
     from hubert_export.artifact import Artifact
 
     artifact = Artifact.open(path)
-    parity = artifact.manifest.get("parity")
+    parity = artifact.manifest.parity
     accuracy = None
     if isinstance(parity, dict):
         worst = parity.get("worst") or {}
@@ -243,20 +243,20 @@ def _vm_hwm_bytes() -> int | None:
     return None
 
 
-def _shape_range(subject: Subject) -> Any:
+def _input_contract(subject: Subject) -> Any:
     if subject.kind != "artifact":
         return None
     from hubert_export.artifact import Artifact
 
-    return Artifact.open(subject.path).shape_range()
+    return Artifact.open(subject.path).input_contract
 
 
 def measure_memory(subject: Subject, shapes: list[tuple[int, int]], threads: int | None) -> dict[str, Any] | None:
     """Peak RSS of loading `subject` and one inference at the largest of `shapes` it accepts (a subprocess)."""
     if _vm_hwm_bytes() is None:
         return None
-    shape_range = _shape_range(subject)
-    fits = [s for s in shapes if shape_range is None or shape_range.contains(*s)]
+    contract = _input_contract(subject)
+    fits = [s for s in shapes if contract is None or contract.contains(*s)]
     if not fits:
         return {"error": "no benchmarked shape is inside the artifact's shape range"}
     batch, samples = max(fits, key=lambda s: s[0] * s[1])

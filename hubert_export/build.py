@@ -129,8 +129,9 @@ def export_artifact(
     # second core while the (mostly single-threaded) export runs on the first.
     with ThreadPoolExecutor(max_workers=1) as pool, artifacts.building(output, overwrite=overwrite) as tmp:
         checkpoint_sha256 = pool.submit(artifacts.hash_checkpoint, model_dir)
+        declared = backend.input_contract(recipe, with_mask)
         inputs = BuildInputs(tmp, tmp / ".work", recipe, config, fe, task, input_names, output_names, None,
-                             _calibration_loader(recipe, fe, input_names), model=model)
+                             declared, _calibration_loader(recipe, fe, input_names), model=model)
         built, pass_names = _build_model_files(backend, inputs, pool)
         backend_section = {**built.section, "graph_passes": pass_names}
         _remove_tree(inputs.work_dir)
@@ -140,14 +141,14 @@ def export_artifact(
                     "architecture": task.model_class.__name__},
             task=task.name, target=recipe.target, precision=recipe.precision, recipe=recipe.to_dict(),
             io=family.io_section(input_names, task, recipe.export.output_hidden_states, config),
-            shape_range=(built.shape_range or recipe.shapes.range).to_dict(),
+            input_contract=(built.contract or declared).to_dict(),
             backend=backend_section, isa=manifest_section(recipe.deployment_isa),
         )
         # Written twice: the runner reads this one; the last one adds the reports' and golden outputs'
         # hashes (the model files' digests carried over, not read again).
         artifacts.write_manifest(tmp, manifest, known_sha256=built.file_sha256)
         artifact = artifacts.Artifact.open(tmp)
-        verified = _verify(artifact, backend, model, config, task, fe, with_mask, recipe,
+        verified = _verify(artifact, model, config, task, fe, recipe,
                            data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
                            corpus_options=corpus_options, normalize=normalize, record_reference=True)
         report = verified.report
@@ -156,7 +157,7 @@ def export_artifact(
         manifest["golden"] = write_golden(tmp, verified.cases, verified.reference, verified.thresholds, recipe)
         manifest["parity"] = _parity_summary(report)
         artifacts.write_manifest(tmp, manifest, known_sha256={
-            name: entry["sha256"] for name, entry in artifact.manifest["files"].items()})
+            name: entry.sha256 for name, entry in artifact.manifest.files.items()})
     final = Path(output)
     size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
     log.info(f"artifact written to {final} ({size / 1e6:.1f} MB), parity {'PASS' if report.passed else 'FAIL'}")
@@ -238,23 +239,21 @@ def verify_artifact(
     log.info(f"verifying the files of {artifact.path}")
     artifact.verify_files()
     manifest = artifact.manifest
-    source = manifest.get("source", {})
-    model_dir = resolve_model(reference) if reference else Path(source.get("checkpoint", ""))
+    model_dir = resolve_model(reference) if reference else Path(manifest.source.checkpoint)
     if not model_dir.is_dir():
         raise HubertExportError(
             f"the source checkpoint {model_dir} recorded in the manifest is not there: pass --reference CHECKPOINT_DIR"
         )
-    recorded = source.get("checkpoint_sha256")
+    recorded = manifest.source.checkpoint_sha256
     if recorded and artifacts.hash_checkpoint(model_dir) != recorded:
         raise HubertExportError(
             f"checkpoint {model_dir} is not the one this artifact was built from (its hash differs from the "
             "manifest's): pass --reference with the original checkpoint, or rebuild the artifact"
         )
     recipe = artifact.recipe()
-    config, task, model = load_model(model_dir, manifest["task"])
+    config, task, model = load_model(model_dir, manifest.task)
     fe = FeatureExtractorConfig.from_dir(model_dir)
-    with_mask = any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"])
-    return _verify(artifact, get_backend(artifact.target), model, config, task, fe, with_mask, recipe,
+    return _verify(artifact, model, config, task, fe, recipe,
                    data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
                    corpus_options=corpus_options, normalize=normalize)
 
@@ -270,28 +269,23 @@ class Verification:
     outcomes: list[CaseOutcome]  # per case, in the report's order (`parity.summarize` made the report)
 
 
-def _verify(artifact: artifacts.Artifact, backend: Backend, model, config: HubertConfig, task: TaskSpec,
-            fe: FeatureExtractorConfig, with_mask: bool, recipe: Recipe, *, data_dir: Path | None,
-            latency_repeats: int, corpus_options: CorpusOptions | None = None, normalize: bool = True,
-            record_reference: bool = False) -> Verification:
-    # What the artifact accepts: the recipe's range unless the back end built for less.
-    shape_range = artifact.shape_range() or recipe.shapes.range
-    window = shape_range.window
-    max_samples = None if window else shape_range.max.samples
-    # A fixed-window artifact (LiteRT) is checked on the recipe's cases, each run through the window.
-    cases = builtin_cases(fe, with_mask, recipe.shapes.range if window else shape_range)
-    if data_dir is not None:
-        cases += data_cases(data_dir, fe, with_mask, max_samples=max_samples, options=corpus_options)
-    static = backend.static_shape(recipe)
-    if window is not None:  # built for one shape (LiteRT): every case run through it, as transcribe runs audio
+def _verify(artifact: artifacts.Artifact, model, config: HubertConfig, task: TaskSpec, fe: FeatureExtractorConfig,
+            recipe: Recipe, *, data_dir: Path | None, latency_repeats: int, corpus_options: CorpusOptions | None = None,
+            normalize: bool = True, record_reference: bool = False) -> Verification:
+    contract = artifact.input_contract
+    with_mask = contract.attention_mask
+    window = contract.window
+    if window is None:
+        cases = builtin_cases(fe, with_mask, contract.shape_range)
+        if data_dir is not None:
+            cases += data_cases(data_dir, fe, with_mask, max_samples=contract.max.samples, options=corpus_options)
+        cases = [c for c in cases if contract.contains(*c.inputs["input_values"].shape)]
+    else:  # built for one shape: the recipe's cases, each run through it as transcribe runs audio
+        cases = builtin_cases(fe, with_mask, recipe.shapes.range)
+        if data_dir is not None:
+            cases += data_cases(data_dir, fe, with_mask, max_samples=None, options=corpus_options)
         cases = fit_cases(cases, window.samples, padded=with_mask)
         cases.append(shape_case(fe, with_mask, window.batch, window.samples))
-        static = None
-    else:
-        cases = [c for c in cases if shape_range.contains(*c.inputs["input_values"].shape)]
-    if static is not None:  # compiled for this one shape: checked and timed at it
-        cases = [c for c in cases if c.inputs["input_values"].shape == (static.batch, static.samples)]
-        cases.append(shape_case(fe, with_mask, static.batch, static.samples))
     reference: Runner = EagerRunner(model, task, with_attention_mask=with_mask,
                                     output_hidden_states=recipe.export.output_hidden_states)
     if record_reference:

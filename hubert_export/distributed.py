@@ -312,10 +312,9 @@ class ArtifactWorker:
         try:
             artifact = Artifact.open(files.local())
             artifact.verify_files()
-            manifest = artifact.manifest
             recipe = artifact.recipe()
             self.config = load_config(artifact.path)
-            self.task = manifest["task"]
+            self.task = artifact.task
             self.frame_axes = frame_axes(family_of(self.config).task(self.task), recipe.export.output_hidden_states)
             self.tokenizer = artifact.tokenizer()
             self.runner = get_backend(artifact.target).load(artifact, threads=threads).activate()
@@ -542,7 +541,6 @@ class CorpusCheck:
 
 
 def _open_subjects(paths: list[str | Path], reference: str | Path | None) -> list[_Subject]:
-    from hubert_export.backends import get_backend
     from hubert_export.hub import resolve_model
 
     subjects: list[_Subject] = []
@@ -553,16 +551,14 @@ def _open_subjects(paths: list[str | Path], reference: str | Path | None) -> lis
         if resolved in seen:
             raise HubertExportError(f"artifact {path} is named twice: list every artifact once")
         manifest = artifact.manifest
-        recipe = artifact.recipe()
-        shape_range = artifact.shape_range() or recipe.shapes.range
-        if shape_range.min.samples == shape_range.max.samples or get_backend(artifact.target).static_shape(recipe):
+        contract = manifest.input_contract
+        if contract.min.samples == contract.max.samples:
             raise HubertExportError(f"artifact {path} is compiled for one input shape, and a corpus check on Ray "
                                     "batches utterances of every length: check it without --ray")
-        if shape_range.min.batch > 1:
-            raise HubertExportError(f"artifact {path} takes batches of {shape_range.min.batch} or more, and a corpus "
+        if contract.min.batch > 1:
+            raise HubertExportError(f"artifact {path} takes batches of {contract.min.batch} or more, and a corpus "
                                     "check runs single utterances too: check it without --ray")
-        source = manifest.get("source", {})
-        checkpoint_dir = resolve_model(reference) if reference else Path(source.get("checkpoint", ""))
+        checkpoint_dir = resolve_model(reference) if reference else Path(manifest.source.checkpoint)
         if not checkpoint_dir.is_dir():
             raise HubertExportError(f"the source checkpoint {checkpoint_dir} recorded in the manifest of {path} is "
                                     "not there: pass --reference CHECKPOINT_DIR")
@@ -572,10 +568,10 @@ def _open_subjects(paths: list[str | Path], reference: str | Path | None) -> lis
         seen[resolved] = label
         subjects.append(_Subject(
             artifact=artifact, label=label, checkpoint_dir=checkpoint_dir.resolve(),
-            checkpoint_sha256=source.get("checkpoint_sha256") or str(checkpoint_dir.resolve()),
-            task=manifest["task"], with_mask=any(i["name"] == "attention_mask" for i in manifest["io"]["inputs"]),
-            hidden=recipe.export.output_hidden_states, min_samples=shape_range.min.samples,
-            max_samples=shape_range.max.samples, max_batch=shape_range.max.batch,
+            checkpoint_sha256=manifest.source.checkpoint_sha256 or str(checkpoint_dir.resolve()),
+            task=manifest.task, with_mask=contract.attention_mask,
+            hidden=artifact.recipe().export.output_hidden_states, min_samples=contract.min.samples,
+            max_samples=contract.max.samples, max_batch=contract.max.batch,
             num_gpus=1.0 if artifact.target == "tensorrt" else 0.0))
     return subjects
 
@@ -606,6 +602,21 @@ def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
     """Share of the samples run that are padding, for `batches` of positions in `lengths`."""
     total = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
     return 1 - sum(lengths[i] for b in batches for i in b) / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class _PipelineOptions:
+    """How the corpus pipeline runs: batching, how files reach the workers, and each pool's actors."""
+
+    files: str
+    workers: int
+    reference_workers: int
+    batch_size: int
+    bucketing: bool
+    cpus_per_worker: float
+    threads: int
+    runtime_env: dict[str, Any] | None
+    worker_class: type
 
 
 def check_corpus(
@@ -647,6 +658,31 @@ def check_corpus(
     Reports go to `report_dir` (one folder per artifact when there are several) and `junit`.
     """
     reference_workers = workers if reference_workers is None else reference_workers
+    subjects = _open_checked_subjects(artifacts, reference, files=files, workers=workers,
+                                      reference_workers=reference_workers, batch_size=batch_size)
+    corpus = read_corpus(data, corpus_options) if data is not None else None
+    if results_dir is None:
+        results_dir = tempfile.mkdtemp(prefix="hubert-export-results-") if corpus is not None else "."
+    ray = connect(address)
+    result = CorpusCheck({}, {s.label: s.artifact.path for s in subjects}, Path(results_dir))
+    pipeline = _PipelineOptions(files=files, workers=workers, reference_workers=reference_workers,
+                                batch_size=batch_size, bucketing=bucketing, cpus_per_worker=cpus_per_worker,
+                                threads=_worker_threads(threads, cpus_per_worker), runtime_env=runtime_env,
+                                worker_class=worker_class or ArtifactWorker)
+    _share_with_workers(subjects, files, gpus_per_worker)
+    builtin = _start_builtin_checks(ray, subjects, latency_repeats, pipeline)
+    builtin_results = _run_checks(ray, subjects, corpus, corpus_options or CorpusOptions(), data, result, builtin,
+                                  pipeline)
+    order = {u.id: i for i, u in enumerate(corpus.utterances)} if corpus is not None else {}
+    for subject in subjects:
+        result.reports[subject.label] = _subject_report(subject, builtin_results[subject.label], order, normalize)
+    _write_reports(result, report_dir, junit, one_artifact=len(subjects) == 1)
+    return result
+
+
+def _open_checked_subjects(artifacts: list[str | Path], reference: str | Path | None, *, files: str, workers: int,
+                           reference_workers: int, batch_size: int) -> list[_Subject]:
+    """The artifacts, opened, once the options are known to be good for them."""
     if batch_size < 1 or workers < 1 or reference_workers < 1:
         raise HubertExportError("--batch-size, --workers and --reference-workers must be positive")
     if files not in FILE_MODES:
@@ -658,36 +694,38 @@ def check_corpus(
             raise HubertExportError(f"--batch-size {batch_size} is above the largest batch artifact "
                                     f"{subject.artifact.path} takes ({subject.max_batch}): pass --batch-size "
                                     f"{subject.max_batch} or less")
-    corpus = read_corpus(data, corpus_options) if data is not None else None
-    options = corpus_options or CorpusOptions()
-    if results_dir is None:
-        results_dir = tempfile.mkdtemp(prefix="hubert-export-results-") if corpus is not None else "."
-    results_dir = Path(results_dir)
-    ray = connect(address)
-    result = CorpusCheck({}, {s.label: s.artifact.path for s in subjects}, results_dir)
-    threads = _worker_threads(threads, cpus_per_worker)
+    return subjects
 
+
+def _share_with_workers(subjects: list[_Subject], files: str, gpus_per_worker: float | None) -> None:
+    """Each subject's artifact and checkpoint for the workers (a checkpoint shared by several, once)."""
     log.info(f"sending {len(subjects)} artifact(s) and their checkpoint(s) to the workers ({files})")
     checkpoints: dict[Path, Files] = {}
     for subject in subjects:
         subject.files = share_directory(subject.artifact.path, files,
-                                        [MANIFEST_NAME, *sorted(subject.artifact.manifest["files"])])
+                                        [MANIFEST_NAME, *sorted(subject.artifact.manifest.files)])
         if subject.checkpoint_dir not in checkpoints:
             checkpoints[subject.checkpoint_dir] = share_directory(subject.checkpoint_dir, files)
         subject.checkpoint = checkpoints[subject.checkpoint_dir]
         if gpus_per_worker is not None:
             subject.num_gpus = gpus_per_worker
-    builtin = {
-        s.label: ray.remote(_builtin_check).options(num_cpus=cpus_per_worker, num_gpus=s.num_gpus).remote(
-            s.files, s.checkpoint, latency_repeats, threads)
-        for s in subjects}
 
+
+def _start_builtin_checks(ray: Any, subjects: list[_Subject], latency_repeats: int,
+                          pipeline: _PipelineOptions) -> dict[str, Any]:
+    """One Ray task per artifact, with its actors' resources: its ObjectRef by label."""
+    return {s.label: ray.remote(_builtin_check).options(num_cpus=pipeline.cpus_per_worker, num_gpus=s.num_gpus).remote(
+            s.files, s.checkpoint, latency_repeats, pipeline.threads) for s in subjects}
+
+
+def _run_checks(ray: Any, subjects: list[_Subject], corpus: Any, options: CorpusOptions, data: str | Path | None,
+                result: CorpusCheck, builtin: dict[str, Any],
+                pipeline: _PipelineOptions) -> dict[str, dict[str, Any]]:
+    """The corpus pipeline (when there is a corpus), then the built-in checks' results by label."""
     try:
         if corpus is not None:
-            _run_corpus(ray, subjects, corpus, options, data, result, files=files, workers=workers,
-                        reference_workers=reference_workers, batch_size=batch_size, bucketing=bucketing, cpus_per_worker=cpus_per_worker,
-                        threads=threads, runtime_env=runtime_env, worker_class=worker_class or ArtifactWorker)
-        builtin_results = {label: ray.get(ref) for label, ref in builtin.items()}
+            _run_corpus(ray, subjects, corpus, options, data, result, pipeline)
+        return {label: ray.get(ref) for label, ref in builtin.items()}
     except Exception as exc:
         cause = _user_error(exc)
         if cause is not None:
@@ -698,122 +736,170 @@ def check_corpus(
             if subject.results is not None:
                 subject.results.close()
 
-    order = {u.id: i for i, u in enumerate(corpus.utterances)} if corpus is not None else {}
-    for subject in subjects:
-        found = builtin_results[subject.label]
-        outcomes = [CaseOutcome.from_dict(o) for o in found["outcomes"]]
-        records = subject.results.records.values() if subject.results is not None else []
-        kept = sorted((r for r in records if r["id"] in order and "outcome" in r), key=lambda r: order[r["id"]])
-        outcomes += [CaseOutcome.from_dict(r["outcome"]) for r in kept]
-        tokenizer = subject.artifact.tokenizer()
-        report = summarize(outcomes, target=subject.artifact.target, precision=subject.artifact.precision,
-                           task=subject.task, thresholds=found["thresholds"], tokenizer=tokenizer, normalize=normalize)
-        report.latency, report.isa, report.int8_layers = found["latency"], found["isa"], found["int8_layers"]
-        result.reports[subject.label] = report
+
+def _subject_report(subject: _Subject, found: dict[str, Any], order: dict[str, int], normalize: bool) -> ParityReport:
+    """`check_artifact`'s report: the built-in cases, then the corpus outcomes in corpus order."""
+    outcomes = [CaseOutcome.from_dict(o) for o in found["outcomes"]]
+    records = subject.results.records.values() if subject.results is not None else []
+    kept = sorted((r for r in records if r["id"] in order and "outcome" in r), key=lambda r: order[r["id"]])
+    outcomes += [CaseOutcome.from_dict(r["outcome"]) for r in kept]
+    tokenizer = subject.artifact.tokenizer()
+    report = summarize(outcomes, target=subject.artifact.target, precision=subject.artifact.precision,
+                       task=subject.task, thresholds=found["thresholds"], tokenizer=tokenizer, normalize=normalize)
+    report.latency, report.isa, report.int8_layers = found["latency"], found["isa"], found["int8_layers"]
+    return report
+
+
+def _write_reports(result: CorpusCheck, report_dir: str | Path | None, junit: str | Path | None, *,
+                   one_artifact: bool) -> None:
     if report_dir is not None:
         for label, report in result.reports.items():
-            folder = Path(report_dir) if len(subjects) == 1 else Path(report_dir) / label
+            folder = Path(report_dir) if one_artifact else Path(report_dir) / label
             report.write(folder)
             result.report_dirs[label] = folder
         (Path(report_dir) / "ray-check.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
     if junit:
         Path(junit).write_text(result.junit())
-    return result
 
 
 def _run_corpus(ray: Any, subjects: list[_Subject], corpus: Any, options: CorpusOptions, data: str | Path,
-                result: CorpusCheck, *, files: str, workers: int, reference_workers: int, batch_size: int,
-                bucketing: bool,
-                cpus_per_worker: float, threads: int, runtime_env: dict[str, Any] | None,
-                worker_class: type) -> None:
+                result: CorpusCheck, pipeline: _PipelineOptions) -> None:
     """The corpus part: plan, resume, run the pipeline, append results (fills `result`)."""
     from hubert_export.audio import FeatureExtractorConfig
 
     utterances = corpus.utterances
     result.utterances = len(utterances)
+    _open_results(subjects, result, data, options, pipeline)
+    start = time.perf_counter()
+    real = padded = 0
+    nodes: set[str] = set()
+    for (_, task, with_mask, hidden, min_samples, max_samples), members in _reference_groups(subjects).items():
+        pending = [i for i, u in enumerate(utterances) if any(u.id not in s.results.records for s in members)]
+        if not pending:
+            continue
+        rate = FeatureExtractorConfig.from_dir(members[0].checkpoint_dir).sampling_rate
+        batches = _planned_batches(utterances, pending, rate, max_samples, pipeline)
+        spec = {"task": task, "with_mask": with_mask, "hidden": hidden, "min_samples": min_samples,
+                "max_samples": max_samples}
+        dataset = _corpus_dataset(ray, _batch_rows(utterances, pending, batches, pipeline.files), members, spec,
+                                  pipeline)
+        group_real, group_padded = _store_results(dataset, members, result, nodes, start, rate)
+        real += group_real
+        padded += group_padded
+    result.corpus_seconds = time.perf_counter() - start
+    result.nodes = len(nodes)
+    result.padding_fraction = padded / (real + padded) if real + padded else 0.0
+
+
+def _open_results(subjects: list[_Subject], result: CorpusCheck, data: str | Path, options: CorpusOptions,
+                  pipeline: _PipelineOptions) -> None:
+    """Each subject's results file, read back when a run of the same check left one."""
     header = {"format": RESULTS_FORMAT, "corpus": str(Path(data).resolve()),
-              "corpus_options": dataclasses.asdict(options), "batch_size": batch_size, "bucketing": bucketing}
+              "corpus_options": dataclasses.asdict(options), "batch_size": pipeline.batch_size,
+              "bucketing": pipeline.bucketing}
     for subject in subjects:
         manifest_sha = hashlib.sha256((subject.artifact.path / MANIFEST_NAME).read_bytes()).hexdigest()
         subject.results = ResultsFile(result.results_dir / f"{subject.label}-{manifest_sha[:12]}.jsonl",
                                       {**header, "manifest_sha256": manifest_sha})
         result.resumed[subject.label] = subject.results.resumed
-    # One reference (eager) pool per checkpoint and input form; artifacts that share them share it.
+
+
+def _reference_groups(subjects: list[_Subject]) -> dict[tuple, list[_Subject]]:
+    """The subjects by checkpoint and input form: one reference (eager) pool per group, whose eager
+    outputs every artifact of the group is compared with."""
     groups: dict[tuple, list[_Subject]] = {}
     for subject in subjects:
         key = (subject.checkpoint_sha256, subject.task, subject.with_mask, subject.hidden, subject.min_samples,
                subject.max_samples)
         groups.setdefault(key, []).append(subject)
-    start = time.perf_counter()
-    real = padded = 0
-    audio_seconds = 0.0
-    nodes = set()
-    for (_, task, with_mask, hidden, min_samples, max_samples), members in groups.items():
-        pending = [i for i, u in enumerate(utterances) if any(u.id not in s.results.records for s in members)]
-        if not pending:
-            continue
-        rate = FeatureExtractorConfig.from_dir(members[0].checkpoint_dir).sampling_rate
-        lengths = [min(_estimated_samples(utterances[i], rate), max_samples) for i in pending]
-        batches = plan_batches(lengths, batch_size, bucketing)
-        log.info(f"corpus: {len(pending)} of {len(utterances)} utterances to check in {len(batches)} batches "
-                 f"(estimated padding {padding_fraction(lengths, batches):.1%}), {reference_workers} eager and {workers} "
-                 "artifact worker(s) per pool")
-        rows = []
-        for number, batch in enumerate(batches):
-            members_data = []
-            for position in batch:
-                index = pending[position]
-                utterance = utterances[index]
-                encoded = utterance.encoded
-                if encoded is None and utterance.path is not None and files == "store":
-                    encoded = utterance.path.read_bytes()  # the audio travels with the row
-                members_data.append({
-                    "index": index, "id": utterance.id, "text": utterance.text, "origin": utterance.origin,
-                    "path": str(utterance.path.resolve()) if utterance.path is not None and encoded is None else None,
-                    "encoded": encoded, "samples": utterance.samples, "samples_rate": utterance.samples_rate})
-            rows.append({"batch": number, "members": pack_payload(members_data)})
-        spec = {"task": task, "with_mask": with_mask, "hidden": hidden, "min_samples": min_samples,
-                "max_samples": max_samples}
-        remote_args: dict[str, Any] = {"runtime_env": dict(runtime_env)} if runtime_env else {}
-        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    return groups
+
+
+def _planned_batches(utterances: list[Utterance], pending: list[int], rate: int, max_samples: int,
+                     pipeline: _PipelineOptions) -> list[list[int]]:
+    """Batches of positions in `pending` (corpus indices), by the lengths the audio headers give."""
+    lengths = [min(_estimated_samples(utterances[i], rate), max_samples) for i in pending]
+    batches = plan_batches(lengths, pipeline.batch_size, pipeline.bucketing)
+    log.info(f"corpus: {len(pending)} of {len(utterances)} utterances to check in {len(batches)} batches "
+             f"(estimated padding {padding_fraction(lengths, batches):.1%}), {pipeline.reference_workers} eager and "
+             f"{pipeline.workers} artifact worker(s) per pool")
+    return batches
+
+
+def _batch_rows(utterances: list[Utterance], pending: list[int], batches: list[list[int]],
+                files: str) -> list[dict[str, Any]]:
+    """One dataset row per batch: its number and its utterances, packed."""
+    rows = []
+    for number, batch in enumerate(batches):
+        members_data = []
+        for position in batch:
+            index = pending[position]
+            utterance = utterances[index]
+            encoded = utterance.encoded
+            if encoded is None and utterance.path is not None and files == "store":
+                encoded = utterance.path.read_bytes()  # the audio travels with the row
+            members_data.append({
+                "index": index, "id": utterance.id, "text": utterance.text, "origin": utterance.origin,
+                "path": str(utterance.path.resolve()) if utterance.path is not None and encoded is None else None,
+                "encoded": encoded, "samples": utterance.samples, "samples_rate": utterance.samples_rate})
+        rows.append({"batch": number, "members": pack_payload(members_data)})
+    return rows
+
+
+def _corpus_dataset(ray: Any, rows: list[dict[str, Any]], members: list[_Subject], spec: dict[str, Any],
+                    pipeline: _PipelineOptions) -> Any:
+    """The Ray dataset of `rows` through the eager pool, then one pool per artifact of `members`."""
+    remote_args: dict[str, Any] = {"runtime_env": dict(pipeline.runtime_env)} if pipeline.runtime_env else {}
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    dataset = dataset.map_batches(
+        ReferenceWorker, fn_constructor_kwargs={"checkpoint": members[0].checkpoint, "spec": spec,
+                                                "threads": pipeline.threads},
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pipeline.reference_workers),
+        num_cpus=pipeline.cpus_per_worker, **remote_args)
+    for subject in members:
         dataset = dataset.map_batches(
-            ReferenceWorker, fn_constructor_kwargs={"checkpoint": members[0].checkpoint, "spec": spec,
-                                                    "threads": threads},
-            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=reference_workers),
-            num_cpus=cpus_per_worker, **remote_args)
-        for subject in members:
-            dataset = dataset.map_batches(
-                worker_class, fn_constructor_kwargs={"files": subject.files, "column": subject.column,
-                                                       "done": frozenset(subject.results.records),
-                                                       "threads": threads, "last": subject is members[-1]},
-                batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=cpus_per_worker, num_gpus=subject.num_gpus or None, **remote_args)
-        # No operator after the last pool: a task there would wait for CPUs the actors hold, and
-        # every result would reach the driver only at the end.
-        for row in dataset.iter_rows():
-            computed = set()
-            for subject in members:
-                outcome = json.loads(row[subject.column])
-                if "error" in outcome:
-                    raise HubertExportError(outcome["error"], exit_code=outcome["exit_code"])
-                for record in outcome["records"]:
-                    if subject.results.add(record):
-                        computed.add(record["id"])
-                        nodes.add(record["node"])
-                        if "skipped" in record:
-                            result.skipped += 1
-                subject.results.sync()
-            result.computed += len(computed)
-            result.batches += 1
-            if result.first_result_seconds is None:
-                result.first_result_seconds = time.perf_counter() - start
-            real += int(row["real"])
-            padded += int(row["padded"])
-            audio_seconds += int(row["real"]) / rate
-    result.corpus_seconds = time.perf_counter() - start
-    result.audio_seconds = audio_seconds
-    result.nodes = len(nodes)
-    result.padding_fraction = padded / (real + padded) if real + padded else 0.0
+            pipeline.worker_class, fn_constructor_kwargs={"files": subject.files, "column": subject.column,
+                                                          "done": frozenset(subject.results.records),
+                                                          "threads": pipeline.threads,
+                                                          "last": subject is members[-1]},
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pipeline.workers),
+            num_cpus=pipeline.cpus_per_worker, num_gpus=subject.num_gpus or None, **remote_args)
+    # No operator after the last pool: a task there would wait for CPUs the actors hold, and
+    # every result would reach the driver only at the end.
+    return dataset
+
+
+def _store_results(dataset: Any, members: list[_Subject], result: CorpusCheck, nodes: set[str], start: float,
+                   rate: int) -> tuple[int, int]:
+    """Each batch's outcomes appended to the results files as it arrives (the run's figures in
+    `result`, the nodes that ran it in `nodes`). Returns the real and padded samples run."""
+    real = padded = 0
+    for row in dataset.iter_rows():
+        _store_row(row, members, result, nodes)
+        result.batches += 1
+        if result.first_result_seconds is None:
+            result.first_result_seconds = time.perf_counter() - start
+        real += int(row["real"])
+        padded += int(row["padded"])
+        result.audio_seconds += int(row["real"]) / rate
+    return real, padded
+
+
+def _store_row(row: dict[str, Any], members: list[_Subject], result: CorpusCheck, nodes: set[str]) -> None:
+    """One batch's outcomes, from every artifact's column; a worker's bad-input error raised here."""
+    computed = set()
+    for subject in members:
+        outcome = json.loads(row[subject.column])
+        if "error" in outcome:
+            raise HubertExportError(outcome["error"], exit_code=outcome["exit_code"])
+        for record in outcome["records"]:
+            if subject.results.add(record):
+                computed.add(record["id"])
+                nodes.add(record["node"])
+                if "skipped" in record:
+                    result.skipped += 1
+        subject.results.sync()
+    result.computed += len(computed)
 
 
 # ------------------------------------------------------------------------------------------ build matrix

@@ -159,7 +159,7 @@ def attention_mask(sample_lengths: list[int], samples: int) -> np.ndarray:
 
 
 def _load(artifact: artifacts.Artifact) -> tuple[dict[str, Any], list[ParityCase], GoldenRunner]:
-    section = artifact.manifest.get("golden")
+    section = artifact.manifest.golden
     if not isinstance(section, dict) or "file" not in section:
         why = section.get("skipped") if isinstance(section, dict) else "built before golden outputs existed"
         raise HubertExportError(f"artifact {artifact.path} has no golden outputs ({why}): run the full check "

@@ -155,27 +155,6 @@ def median_latency(runner: Runner, input_names: list[str], batch: int, samples: 
             "compute_seconds": float(np.median(compute)) if compute else None}
 
 
-def check_inputs(inputs: dict[str, np.ndarray], input_names: list[str], shape_range: Any | None) -> None:
-    """Refuse inputs the artifact was not built for, with a message that says what it accepts."""
-    from hubert_export.errors import HubertExportError
-
-    missing = [n for n in input_names if n not in inputs]
-    if missing:
-        raise HubertExportError(f"missing input {', '.join(missing)}: this artifact takes {', '.join(input_names)}")
-    values = inputs["input_values"]
-    if values.ndim != 2:
-        raise HubertExportError(f"input_values must be (batch, samples), got shape {list(values.shape)}")
-    if not np.isfinite(values).all():
-        raise HubertExportError("input_values holds NaN or Inf: clean the audio before inference")
-    if shape_range is not None and not shape_range.contains(*values.shape):
-        low, high = shape_range.min, shape_range.max
-        raise HubertExportError(
-            f"input of batch {values.shape[0]} x {values.shape[1]} samples is outside this artifact's shape range "
-            f"(batch {low.batch}..{high.batch}, samples {low.samples}..{high.samples}): split the input or "
-            "rebuild with a wider --max-shape"
-        )
-
-
 class WindowRunner(Runner):
     """A fixed-shape runner (LiteRT) seen as one that takes any batch of up to `samples` samples.
 
@@ -203,7 +182,9 @@ class WindowRunner(Runner):
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from hubert_export.errors import HubertExportError
 
-        check_inputs(inputs, self.input_names, None)
+        from hubert_export.contract import check_waveforms
+
+        check_waveforms(inputs["input_values"])
         rows, length = inputs["input_values"].shape
         if length > self.samples:
             raise HubertExportError(

@@ -70,7 +70,7 @@ class Transcriber:
         from hubert_export.hub import resolve_model  # an owner/name id: its snapshot in the hub cache
 
         self.source = resolve_model(source)
-        self.shape_range = None
+        self.contract = None  # an artifact's input contract (contract.InputContract)
         self.window = None  # the one shape (batch, samples) of a fixed-shape artifact
         if (self.source / MANIFEST_NAME).is_file():
             artifact = Artifact.open(self.source)
@@ -82,11 +82,11 @@ class Transcriber:
             self._load_metadata("artifact")
             from hubert_export.backends import get_backend
 
-            self.shape_range = artifact.shape_range()
+            self.contract = artifact.input_contract
             self.runner = get_backend(artifact.target).load(artifact).activate()
-            self.window = self.shape_range.window if self.shape_range is not None else None
+            self.window = self.contract.window
             if self.window is not None:
-                # Built for one shape (LiteRT): every chunk runs through that window, zero-padded.
+                # Built for one shape (LiteRT, OpenVINO static_shape): every chunk runs through that window, zero-padded.
                 from hubert_export.runner import WindowRunner
                 from hubert_export.tasks import family_of, frame_axes
 
@@ -183,9 +183,9 @@ class Transcriber:
                                  ids, stream.largest_block)
 
     def _check_shapes(self, path: Path, spans: list[tuple[int, int]], batch_size: int) -> None:
-        if self.shape_range is None or self.window is not None:
+        if self.contract is None or self.window is not None:
             return  # a window takes any batch of chunks no longer than it, which these are by construction
-        low, high = self.shape_range.min, self.shape_range.max
+        low, high = self.contract.min, self.contract.max
         longest, shortest = max(e - s for s, e in spans), min(e - s for s, e in spans)
         rate = self.fe.sampling_rate
         if longest > high.samples:

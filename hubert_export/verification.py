@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from hubert_export import artifact as artifacts
 from hubert_export.backends import get_backend
@@ -37,36 +36,26 @@ class ParityCheck:
     def run(self, artifact: artifacts.Artifact, *, latency_repeats: int = 0) -> tuple[ParityReport, list[CaseOutcome]]:
         """Run the artifact on every case against the reference, gate the outcomes, then time
         `latency_repeats` runs at the shape the artifact is built for (its opt shape)."""
-        recipe = artifact.recipe()
         config = load_config(artifact.path)
         tokenizer = artifact.tokenizer()
-        backend = get_backend(artifact.target)
-        # What the artifact accepts: the range it was built for (one shape for LiteRT, a fixed batch
-        # for ExecuTorch), else its recipe's.
-        accepted = artifact.shape_range() or recipe.shapes.range
-        window = accepted.window
+        contract = artifact.input_contract
+        window = contract.window
         log.info(f"parity check: {len(self.cases)} cases against {self.reference.name}")
-        with self.reference, backend.load(artifact) as loaded:
-            # A fixed-window artifact (LiteRT) runs each case through its window, as transcribe runs audio.
+        with self.reference, get_backend(artifact.target).load(artifact) as loaded:
+            # A fixed-shape artifact runs each case through its window, as transcribe runs audio.
             candidate = loaded if window is None else WindowRunner(
-                loaded, window.batch, window.samples, config.num_frames, frame_axes(artifact.manifest)).activate()
+                loaded, window.batch, window.samples, config.num_frames, artifact.manifest.frame_axes()).activate()
             outcomes = run_cases(self.reference, candidate, self.cases, config=config, task=artifact.task,
                                  tokenizer=tokenizer)
             report = summarize(outcomes, target=artifact.target, precision=artifact.precision, task=artifact.task,
                                thresholds=self.thresholds, tokenizer=tokenizer, normalize=self.normalize)
             note_machine(report, artifact)
-            static = backend.static_shape(recipe)
-            opt = static if static is not None else accepted.opt
             if latency_repeats > 0:
+                opt = contract.opt
                 log.info(f"latency: {latency_repeats} runs at batch {opt.batch} x {opt.samples} samples")
                 report.latency = median_latency(candidate, candidate.input_names, opt.batch, opt.samples,
                                                 latency_repeats)
         return report, outcomes
-
-
-def frame_axes(manifest: dict[str, Any]) -> dict[str, int]:
-    """Each frame-wise output's frames axis, from the manifest's io section."""
-    return {o["name"]: o["shape"].index("frames") for o in manifest["io"]["outputs"] if "frames" in o["shape"]}
 
 
 def note_machine(report: ParityReport, artifact: artifacts.Artifact) -> None:

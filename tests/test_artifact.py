@@ -36,12 +36,20 @@ def leftovers(parent: Path, name: str) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
 
 
+def small_manifest(**sections) -> dict:
+    """The sections every manifest must have, for an artifact of one model file."""
+    shape = {"batch": 1, "samples": 16_000}
+    return new_manifest(**{
+        "source": {"checkpoint": "/models/tiny"}, "task": "ctc", "target": "onnx", "precision": "fp32", "recipe": {},
+        "input_contract": {"min": shape, "opt": shape, "max": shape, "attention_mask": False},
+        "backend": {"files": ["model.onnx"]}, **sections})
+
+
 def build_artifact(out: Path, overwrite: bool = False, content: bytes = b"onnx bytes") -> None:
     with building(out, overwrite=overwrite) as tmp:
         (tmp / "model.onnx").write_bytes(content)
         (tmp / "config.json").write_text('{"model_type": "hubert"}')
-        write_manifest(tmp, new_manifest(target="onnx", precision="fp32", task="ctc",
-                                         backend={"files": ["model.onnx"]}))
+        write_manifest(tmp, small_manifest())
 
 
 def dead_pid() -> int:
@@ -96,7 +104,7 @@ def test_successful_build_appears_atomically(tmp_path: Path):
         assert tmp.parent == tmp_path and tmp.name.startswith(".art.tmp-")
         assert not out.exists()
         (tmp / "model.onnx").write_bytes(b"x")
-        write_manifest(tmp, new_manifest(target="onnx", precision="fp32"))
+        write_manifest(tmp, small_manifest())
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
     assert leftovers(tmp_path, "art") == []
     umask = os.umask(0)
@@ -264,8 +272,10 @@ def test_open_and_properties(tmp_path: Path):
     assert (art.path, art.target, art.precision, art.task) == (out, "onnx", "fp32", "ctc")
     assert art.model_files == [out / "model.onnx"]
     art.verify_files()
-    art.manifest["target"] = "changed"
-    assert art.target == "onnx"
+    with pytest.raises(ValueError):  # frozen: only a build writes a manifest
+        art.manifest.target = "changed"
+    art.manifest.backend["files"].append("changed")
+    assert art.target == "onnx" and art.model_files == [out / "model.onnx"]
 
 
 def test_verify_catches_modified_and_missing_files(tmp_path: Path):
@@ -291,6 +301,7 @@ def test_verify_catches_modified_and_missing_files(tmp_path: Path):
         (lambda d: (d / MANIFEST_NAME).write_text('{"manifest_version": 0}'), "manifest_version"),
         (lambda d: (d / MANIFEST_NAME).write_text('{"manifest_version": 99}'), "upgrade hubert-export"),
         (lambda d: (d / MANIFEST_NAME).write_text('{"manifest_version": 1, "target": "onnx"}'), "'precision'"),
+        (lambda d: (d / MANIFEST_NAME).write_text('{"manifest_version": true}'), "manifest_version"),
     ],
 )
 def test_open_rejects_non_artifacts(tmp_path: Path, setup, words):

@@ -28,8 +28,9 @@ def test_manifest_records_what_built_the_artifact(onnx_artifact, ctc_checkpoint)
     assert manifest["io"]["inputs"][0]["shape"] == ["batch", "samples"]
     assert manifest["io"]["outputs"][0] == {"name": "logits", "dtype": "float32", "shape": ["batch", "frames", 12]}
     assert manifest["io"]["dynamic_axes"]["logits"] == {"0": "batch", "1": "frames"}
-    assert manifest["shape_range"]["min"] == {"batch": 1, "samples": 400}
-    assert manifest["shape_range"]["max"]["samples"] >= 60 * 16_000
+    assert manifest["input_contract"]["min"] == {"batch": 1, "samples": 400}
+    assert manifest["input_contract"]["max"]["samples"] >= 60 * 16_000
+    assert manifest["input_contract"]["attention_mask"] is False
     assert {"model.onnx", "config.json"} <= set(manifest["files"])
     Artifact.open(onnx_artifact).verify_files()  # every hash recorded is the file's hash
     parity = manifest["parity"]
@@ -137,14 +138,14 @@ def test_int8_artifacts_pass_their_thresholds(ctc_checkpoint, calibration_dir, t
     # arithmetic (hubert_export/isa.py), so the gate, not a figure measured on one CPU, is the bar.
     assert result.report.worst()["max_abs_error"] > 1e-6
     manifest = Artifact.open(tmp_path / method).manifest
-    assert manifest["backend"]["quantization"] == method and manifest["backend"]["int8_layers"] > 0
+    assert manifest.backend["quantization"] == method and manifest.backend["int8_layers"] > 0
 
 
 def test_feature_extraction_with_hidden_states(large_checkpoint, tmp_path):
     recipe = default_recipe("onnx").with_overrides(**{"export.output_hidden_states": True})
     result = export_artifact(large_checkpoint, tmp_path / "features", recipe)
     assert result.passed, result.report.failures
-    outputs = [o["name"] for o in Artifact.open(tmp_path / "features").manifest["io"]["outputs"]]
+    outputs = Artifact.open(tmp_path / "features").manifest.output_names
     assert outputs == ["last_hidden_state", "hidden_states"]
 
 
@@ -166,6 +167,6 @@ def test_wav2vec2_large_layout_exports_to_onnx_runtime_and_passes_the_gate(tmp_p
     assert result.passed, result.report.failures
     assert result.report.worst()["max_abs_error"] < 1e-4
     manifest = Artifact.open(tmp_path / "onnx").manifest
-    assert manifest["source"]["architecture"] == "Wav2Vec2ForCTC" and manifest["task"] == "ctc"
-    assert [i["name"] for i in manifest["io"]["inputs"]] == ["input_values", "attention_mask"]
+    assert manifest.source.architecture == "Wav2Vec2ForCTC" and manifest.task == "ctc"
+    assert [i.name for i in manifest.io.inputs] == manifest.input_names == ["input_values", "attention_mask"]
     assert check_artifact(tmp_path / "onnx", latency_repeats=0).passed

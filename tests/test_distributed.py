@@ -345,7 +345,7 @@ def test_a_matrix_of_two_recipes_builds_both(local_ray, tmp_path, capsys):
         artifact = Artifact.open(tmp_path / "out" / name)
         artifact.verify_files()  # came back through the object store whole
         assert artifact.precision == precision
-        assert artifact.manifest["source"]["checkpoint"] == str(DEFAULT_MODEL_DIR.resolve())
+        assert artifact.manifest.source.checkpoint == str(DEFAULT_MODEL_DIR.resolve())
     assert check_artifact(tmp_path / "out" / "fp32", latency_repeats=0).passed  # found its checkpoint
 
     # Occupied outputs are refused before any build; the table says so for each.

@@ -86,7 +86,7 @@ def test_golden_policy_never_and_size_limit(ctc_checkpoint, tmp_path, capsys):
     ]:
         recipe = default_recipe("onnx").with_overrides(**{"shapes.max.samples": 20_000, **overrides})
         export_artifact(ctc_checkpoint, tmp_path / name, recipe, latency_repeats=0)
-        section = Artifact.open(tmp_path / name).manifest["golden"]
+        section = Artifact.open(tmp_path / name).manifest.golden
         assert (tmp_path / name / GOLDEN_NAME).is_file() == stored == ("file" in section), name
         if not stored:
             assert ("never" if name == "never" else "exceeds verification.golden_max_mb 0.01") in section["skipped"]

@@ -57,7 +57,7 @@ def test_plain_int8_of_the_shipped_model_passes_its_gate(tmp_path, target):
     the feature projection in INT8, OpenVINO's artifact failed (transcript CER 0.14 against eager)."""
     result = export_artifact(None, tmp_path / target, default_recipe(target, "int8"), latency_repeats=0)
     assert result.passed, result.report.failures
-    backend = Artifact.open(tmp_path / target).manifest["backend"]
+    backend = Artifact.open(tmp_path / target).manifest.backend
     assert "feature_projection" in (backend["quantization"] if target == "openvino" else backend)["float_groups"]
 
 
@@ -71,7 +71,7 @@ def float_convs(artifact_dir: Path, target: str) -> list[str]:
     """The Conv layers of a built INT8 artifact whose input is not quantised, read from its graph
     (OpenVINO: the manifest's float_layers, which the build reads from the quantised IR)."""
     if target == "openvino":
-        return [n for n in Artifact.open(artifact_dir).manifest["backend"]["quantization"]["float_layers"] if "Conv" in n]
+        return [n for n in Artifact.open(artifact_dir).manifest.backend["quantization"]["float_layers"] if "Conv" in n]
     model = onnx.load(str(artifact_dir / "model.onnx"))
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     return [n.name for n in model.graph.node if n.op_type == "Conv" and producer.get(n.input[0]) != "DequantizeLinear"]
@@ -114,7 +114,7 @@ def test_default_int8_of_random_geometry_passes_its_gate(request, geometry, tmp_
     checkpoint = request.getfixturevalue(geometry)
     result = export_artifact(checkpoint, tmp_path / target, default_recipe(target, "int8"), latency_repeats=0)
     assert result.passed, result.report.failures
-    backend = Artifact.open(tmp_path / target).manifest["backend"]
+    backend = Artifact.open(tmp_path / target).manifest.backend
     float_groups = (backend["quantization"] if target == "openvino" else backend)["float_groups"]
     assert set(float_groups) == set(DEFAULT_FLOAT_GROUPS)
 

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from hubert_export import cli
-from hubert_export.artifact import Artifact, write_manifest
+from hubert_export.artifact import MANIFEST_VERSION, Artifact, write_manifest
 from hubert_export.audio import load_audio
 from hubert_export.build import export_artifact
 from hubert_export.errors import HubertExportError
@@ -307,7 +307,7 @@ CATALOGUE = [
     Case("check: manifest.json is not JSON", lambda e, ws: ["check", _edit_manifest(e, ws, lambda t: t[: len(t) // 2]), "--quiet"],
          "not readable JSON"),
     Case("check: manifest from a newer hubert-export",
-         lambda e, ws: ["check", _edit_manifest(e, ws, lambda t: t.replace('"manifest_version": 1', '"manifest_version": 9')), "--quiet"],
+         lambda e, ws: ["check", _edit_manifest(e, ws, lambda t: t.replace(f'"manifest_version": {MANIFEST_VERSION}', '"manifest_version": 9')), "--quiet"],
          "upgrade hubert-export"),
     Case("check: model.onnx truncated", lambda e, ws: ["check", _tampered_artifact(e, ws, "model.onnx", HALF), "--quiet"],
          "does not match the hash"),

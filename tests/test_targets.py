@@ -29,10 +29,8 @@ class OnnxCopyBackend(Backend):
         digest = inputs.graph.write(inputs.out_dir / MODEL)
         return BackendBuild({"files": [MODEL]}, {MODEL: digest} if digest else {})
 
-    def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
-             **options) -> OnnxRuntimeRunner:
-        return OnnxRuntimeRunner(artifact.path / MODEL, threads=threads or 0,
-                                 shape_range=artifact.shape_range() if enforce_shape_range else None)
+    def load(self, artifact: Artifact, *, threads: int | None = None, **options) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(artifact.path / MODEL, threads=threads or 0, contract=artifact.input_contract)
 
 
 @pytest.fixture

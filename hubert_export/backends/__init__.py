@@ -11,20 +11,21 @@ The interface (everything generic code may call; nothing is probed with hasattr)
                                                           # this machine cannot do (HubertExportError)
         graph_passes(recipe) -> list[str]                 # `hubert_export.passes` to run on the export
                                                           # before `build`: only those measured to help
-        static_shape(recipe) -> Shape | None              # optional: the one shape an artifact is compiled
-                                                          # for (parity and latency then run at it)
+        input_contract(recipe, attention_mask)            # optional: what the artifact will accept
+            -> InputContract                              # (default: the recipe's shape range)
         needs_onnx: bool = True                           # False: `build` converts the PyTorch model
                                                           # itself (`inputs.model`), no ONNX export is made
         build(inputs: BuildInputs) -> BackendBuild        # write the artifact's model files
-        load(artifact, *, threads=None, enforce_shape_range=True, **options) -> Runner
+        load(artifact, *, threads=None, **options) -> Runner
 
 `build` reads a frozen `BuildInputs` (recipe, config, task, I/O names, the exported graph as an
 `ExportedGraph`, calibration audio on demand) and writes only inside `inputs.out_dir` (a temporary
 directory renamed into place once everything succeeded). It returns a `BackendBuild`: the
 manifest's `backend` section (its `files` names the model files) and the SHA-256 of files it
-hashed while writing them, and, for an artifact that accepts less than the recipe's shape range
-(a fixed shape, a fixed batch), the `shape_range` it was built for: the manifest records that one,
-and parity, bench and transcribe keep to it. `load` returns an inactive
+hashed while writing them, and, when the build narrowed what the artifact accepts below what
+`input_contract` declared (ExecuTorch's exporter narrows the length range), the narrower contract.
+The manifest records the contract (`input_contract`); the runner `load` returns enforces it, and
+parity, bench, transcribe and Ray keep to it (hubert_export/contract.py). `load` returns an inactive
 `hubert_export.runner.Runner`: `activate()` (or `with runner:`) loads or compiles it and records `load_seconds`; `infer` then runs it. The
 parity harness and the benchmarks never know which back end produced an output.
 """
@@ -43,9 +44,10 @@ import numpy as np
 import onnx
 
 from hubert_export.audio import FeatureExtractorConfig
+from hubert_export.contract import InputContract
 from hubert_export.errors import HubertExportError
 from hubert_export.model.config import HubertConfig
-from hubert_export.recipes import Recipe, Shape, ShapeRange
+from hubert_export.recipes import Recipe
 from hubert_export.targets import TARGETS
 
 if TYPE_CHECKING:  # torch-free at run time: `check --golden` loads back ends on machines without torch
@@ -111,6 +113,7 @@ class BuildInputs:
     input_names: list[str]
     output_names: list[str]
     graph: ExportedGraph | None  # None for back ends that convert the PyTorch model (needs_onnx False)
+    contract: InputContract  # what the artifact is to accept: the back end's input_contract
     # Calibration inputs for INT8 (batch-1 input dicts), read on demand: FP32 builds never touch audio.
     calibration_inputs: Callable[[], list[dict[str, np.ndarray]]]
     # The eager model (eval mode), for back ends that convert it themselves (LiteRT, ExecuTorch).
@@ -123,7 +126,7 @@ class BackendBuild:
 
     section: dict[str, Any]  # the manifest's `backend` section; `files` names the model files
     file_sha256: dict[str, str] = field(default_factory=dict)  # name relative to out_dir -> sha256
-    shape_range: ShapeRange | None = None  # what the artifact accepts, when narrower than the recipe's
+    contract: InputContract | None = None  # what the artifact accepts, when narrower than the one declared
     # Goals the build set itself and missed (an accuracy-control drop it could not reach): the
     # artifact is complete, and the build fails with these next to any parity failures.
     failures: list[str] = field(default_factory=list)
@@ -141,15 +144,14 @@ class Backend:
     def graph_passes(self, recipe: Recipe) -> list[str]:
         raise NotImplementedError
 
-    def static_shape(self, recipe: Recipe) -> Shape | None:
-        """The one input shape the artifact is compiled for, or None for the recipe's range."""
-        return None
+    def input_contract(self, recipe: Recipe, attention_mask: bool) -> InputContract:
+        """What an artifact built from `recipe` accepts. Default: the recipe's shape range."""
+        return InputContract.over(recipe.shapes.range, attention_mask)
 
     def build(self, inputs: BuildInputs) -> BackendBuild:
         raise NotImplementedError
 
-    def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
-             **options: Any) -> Runner:
+    def load(self, artifact: Artifact, *, threads: int | None = None, **options: Any) -> Runner:
         raise NotImplementedError
 
 

@@ -8,7 +8,7 @@
 Shapes: the audio length is dynamic (the recipe's min..max samples), the batch is fixed at the
 recipe's opt batch: XNNPACK's reshape takes one dynamic dimension only ("XNNPACK reshape only
 supports 1 dynamic dimension", measured with batch and samples both dynamic). The manifest's
-`shape_range` records what was built. What torch.export needed, found here:
+`input_contract` records what was built. What torch.export needed, found here:
 - `Dim.AUTO` for the length: a named `Dim` fails on guards the attention-mask path adds
   (`1 % frames != 0`, i.e. at least two frames), which the exporter cannot prove over a range;
   AUTO accepts them and narrows the range, and the narrowed range is the one recorded.
@@ -35,9 +35,10 @@ import torch
 
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
+from hubert_export.contract import InputContract, check_inputs
 from hubert_export.errors import HubertExportError
 from hubert_export.recipes import Recipe, Shape, ShapeRange
-from hubert_export.runner import Runner, check_inputs
+from hubert_export.runner import Runner
 
 MODEL_NAME = "model.pte"
 EXTRA_HINT = "pip install 'hubert-export[executorch]'"
@@ -59,22 +60,25 @@ class ExecuTorchBackend(Backend):
     def graph_passes(self, recipe: Recipe) -> list[str]:
         return []  # lowered from PyTorch: the ONNX graph passes do not apply
 
-    def build(self, inputs: BuildInputs) -> BackendBuild:
-        section, shape_range = _build(inputs)
-        return BackendBuild(section, shape_range=shape_range)
+    def input_contract(self, recipe: Recipe, attention_mask: bool) -> InputContract:
+        """The recipe's length range at its opt batch; the build narrows the lengths to what the exporter proved."""
+        batch = recipe.shapes.opt.batch
+        shapes = recipe.shapes
+        return InputContract(Shape(batch, shapes.min.samples), Shape(batch, shapes.opt.samples),
+                             Shape(batch, shapes.max.samples), attention_mask)
 
-    def load(self, artifact: Artifact, *, threads: int | None = None,
-             enforce_shape_range: bool = True) -> ExecuTorchRunner:
+    def build(self, inputs: BuildInputs) -> BackendBuild:
+        section, built = _build(inputs)
+        return BackendBuild(section, contract=InputContract.over(built, inputs.contract.attention_mask))
+
+    def load(self, artifact: Artifact, *, threads: int | None = None) -> ExecuTorchRunner:
         manifest = artifact.manifest
         options = artifact.recipe().executorch
-        io_section = manifest.get("io", {})
         return ExecuTorchRunner(
-            artifact.path / MODEL_NAME,
-            input_names=[i["name"] for i in io_section.get("inputs", [{"name": "input_values"}])],
-            output_names=[o["name"] for o in io_section.get("outputs", [])],
+            artifact.path / MODEL_NAME, input_names=manifest.input_names, output_names=manifest.output_names,
             threads=threads if threads is not None else options.num_threads,
-            # Always checked: the runtime refuses shapes outside its planned range with a bare error code.
-            shape_range=artifact.shape_range(),
+            # The runtime refuses shapes outside its planned range with a bare error code: ours says which.
+            contract=manifest.input_contract,
         )
 
 
@@ -185,13 +189,13 @@ class ExecuTorchRunner(Runner):
     """ExecuTorch's runtime (Python bindings) on the program's `forward` method."""
 
     def __init__(self, model_path: Path, *, input_names: list[str], output_names: list[str], threads: int = 0,
-                 shape_range: Any = None) -> None:
+                 contract: InputContract | None = None) -> None:
         self.name = "executorch"
         self.model_path = model_path
         self.input_names = input_names
         self.output_names = output_names
         self.threads = threads
-        self.shape_range = shape_range
+        self.contract = contract
 
     def _activate(self) -> None:
         try:
@@ -210,7 +214,7 @@ class ExecuTorchRunner(Runner):
                                     "rebuild the artifact") from None
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_inputs(inputs, self.input_names, self.shape_range)
+        check_inputs(inputs, self.contract, self.input_names)
         feed = [torch.from_numpy(np.ascontiguousarray(inputs["input_values"], dtype=np.float32))]
         if "attention_mask" in self.input_names:
             feed.append(torch.from_numpy(np.ascontiguousarray(inputs["attention_mask"], dtype=np.int64)))

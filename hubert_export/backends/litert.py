@@ -10,7 +10,7 @@
 
 The converter traces the model with `torch.export` at one shape, and LiteRT models are fixed-shape
 in practice (the XNNPACK delegate plans its buffers for one shape), so the artifact is built for
-the recipe's opt shape and accepts exactly that shape; its manifest's `shape_range` says so, and
+the recipe's opt shape and accepts exactly that shape; its manifest's `input_contract` says so, and
 `transcribe` then runs recordings through that window. What the converter needed from the model:
 nothing beyond what the ONNX export needs (exact-erf GELU, GroupNorm, LayerNorm, the positional
 conv's even-kernel padding and SDPA with a boolean key mask all lower to TFLite builtins); the
@@ -34,9 +34,10 @@ import numpy as np
 
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
+from hubert_export.contract import InputContract
 from hubert_export.errors import HubertExportError
-from hubert_export.recipes import Recipe, Shape, ShapeRange
-from hubert_export.runner import Runner, check_inputs
+from hubert_export.recipes import Recipe, Shape
+from hubert_export.runner import Runner
 
 MODEL_NAME = "model.tflite"
 SIGNATURE = "serving_default"
@@ -66,13 +67,13 @@ class LiteRtBackend(Backend):
     def graph_passes(self, recipe: Recipe) -> list[str]:
         return []  # converted from PyTorch: the ONNX graph passes do not apply
 
-    def static_shape(self, recipe: Recipe) -> Shape:
+    def input_contract(self, recipe: Recipe, attention_mask: bool) -> InputContract:
         """The one shape the artifact is built for: the recipe's opt shape."""
-        return recipe.shapes.opt
+        return InputContract.fixed(recipe.shapes.opt, attention_mask)
 
     def build(self, inputs: BuildInputs) -> BackendBuild:
         recipe = inputs.recipe
-        shape = self.static_shape(recipe)
+        shape = inputs.contract.opt
         float_model = _convert(inputs, shape)
         section: dict[str, Any] = {
             "files": [MODEL_NAME], "litert_torch": _version("litert-torch"),
@@ -84,23 +85,17 @@ class LiteRtBackend(Backend):
         else:
             model_bytes = _quantize(inputs, float_model, shape, section)
         (inputs.out_dir / MODEL_NAME).write_bytes(model_bytes)
-        return BackendBuild(section, shape_range=ShapeRange(shape, shape, shape))
+        return BackendBuild(section)
 
-    def load(self, artifact: Artifact, *, threads: int | None = None,
-             enforce_shape_range: bool = True) -> LiteRtRunner:
+    def load(self, artifact: Artifact, *, threads: int | None = None) -> LiteRtRunner:
         manifest = artifact.manifest
-        built = manifest.get("backend", {}).get("built_shape")
-        if not isinstance(built, dict):
-            raise HubertExportError(f"artifact {artifact.path}: manifest.json has no backend.built_shape: "
-                                    "rebuild the artifact")
+        if manifest.input_contract.window is None:
+            raise HubertExportError(f"artifact {artifact.path}: manifest.json's input_contract is a range, and a "
+                                    "LiteRT model takes one shape: rebuild the artifact")
         options = artifact.recipe().litert
-        io_section = manifest.get("io", {})
         return LiteRtRunner(
-            artifact.path / MODEL_NAME,
-            input_names=[i["name"] for i in io_section.get("inputs", [{"name": "input_values"}])],
-            output_names=[o["name"] for o in io_section.get("outputs", [])],
-            shape=Shape(int(built["batch"]), int(built["samples"])),
-            threads=threads if threads is not None else options.num_threads,
+            artifact.path / MODEL_NAME, input_names=manifest.input_names, output_names=manifest.output_names,
+            contract=manifest.input_contract, threads=threads if threads is not None else options.num_threads,
         )
 
 
@@ -195,13 +190,13 @@ def _version(distribution: str) -> str | None:
 class LiteRtRunner(Runner):
     """LiteRT's interpreter (XNNPACK delegate, `threads` threads) on one fixed-shape signature."""
 
-    def __init__(self, model_path: Path, *, input_names: list[str], output_names: list[str], shape: Shape,
-                 threads: int = 0) -> None:
+    def __init__(self, model_path: Path, *, input_names: list[str], output_names: list[str],
+                 contract: InputContract, threads: int = 0) -> None:
         self.name = "litert"
         self.model_path = model_path
         self.input_names = input_names
         self.output_names = output_names
-        self.shape = shape
+        self.contract = contract  # one shape
         self.threads = threads
 
     def _activate(self) -> None:
@@ -224,13 +219,7 @@ class LiteRtRunner(Runner):
         self.output_keys = sorted(self.output_details, key=lambda key: int(key.rsplit("_", 1)[-1]))
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_inputs(inputs, self.input_names, None)
-        got = inputs["input_values"].shape
-        if got != (self.shape.batch, self.shape.samples):
-            raise HubertExportError(
-                f"input of batch {got[0]} x {got[1]} samples does not match the shape this LiteRT model was built "
-                f"for (batch {self.shape.batch} x {self.shape.samples} samples): pad or split the input to it, or "
-                "rebuild with another --opt-shape")
+        self.contract.check(inputs)
         feed = {name: _to_tensor(inputs[name], self.input_details[name]) for name in self.input_names}
         outputs = self.signature(**feed)
         return {name: _from_tensor(outputs[key], self.output_details[key])

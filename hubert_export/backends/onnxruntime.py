@@ -26,7 +26,8 @@ from hubert_export.isa import resolve_overflow_fix
 from hubert_export.quantization import FLOAT_GROUP_REASONS, check_grouped, group_patterns, matching
 from hubert_export.passes import ONNXRUNTIME_OFFLINE_PASSES, PORTABLE_PASSES
 from hubert_export.recipes import Recipe
-from hubert_export.runner import Runner, check_inputs
+from hubert_export.contract import InputContract, check_inputs
+from hubert_export.runner import Runner
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model.onnx"
@@ -99,16 +100,17 @@ class OnnxRuntimeBackend(Backend):
             section["fp32_layer_count"] = len(pinned)
         return BackendBuild(section, digests)
 
-    def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
+    def load(self, artifact: Artifact, *, threads: int | None = None,
              optimization_level: str | None = None) -> OnnxRuntimeRunner:
-        options = artifact.manifest.get("recipe", {}).get("onnxruntime", {})
-        providers = artifact.manifest.get("backend", {}).get("providers")
+        manifest = artifact.manifest
+        options = manifest.recipe.get("onnxruntime", {})
+        providers = manifest.backend.get("providers")
         return OnnxRuntimeRunner(
             artifact.path / MODEL_NAME,
             threads=threads if threads is not None else options.get("intra_op_threads", 0),
             optimization_level=optimization_level or options.get("graph_optimization_level", "all"),
             providers=providers,
-            shape_range=artifact.shape_range() if enforce_shape_range else None,
+            contract=artifact.input_contract,
         )
 
 
@@ -184,13 +186,13 @@ def _quantize_static(inputs: BuildInputs, target: Path, reduce_range: bool) -> t
 
 class OnnxRuntimeRunner(Runner):
     def __init__(self, model_path: Path, *, threads: int = 0, optimization_level: str = "all",
-                 providers: list[str] | None = None, shape_range: Any = None) -> None:
+                 providers: list[str] | None = None, contract: InputContract | None = None) -> None:
         self.name = "onnxruntime"
         self.model_path = model_path
         self.threads = threads
         self.optimization_level = optimization_level
         self.providers = providers or ["CPUExecutionProvider"]
-        self.shape_range = shape_range
+        self.contract = contract  # None: a bare .onnx outside an artifact (bench)
 
     def _activate(self) -> None:
         options = ort.SessionOptions()
@@ -208,7 +210,7 @@ class OnnxRuntimeRunner(Runner):
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_inputs(inputs, self.input_names, self.shape_range)
+        check_inputs(inputs, self.contract, self.input_names)
         feed = {name: inputs[name] for name in self.input_names}
         return dict(zip(self.output_names, self.session.run(None, feed)))
 

@@ -34,13 +34,14 @@ import openvino as ov
 
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
+from hubert_export.contract import InputContract
 from hubert_export.errors import HubertExportError
 from hubert_export.isa import deployment_isa, resolve_overflow_fix
 from hubert_export.quantization import (FLOAT_GROUP_REASONS, REVERT_ORDER, check_grouped, compute_layers, covered_by,
                                         group_patterns, matching)
 from hubert_export.passes import PORTABLE_PASSES
-from hubert_export.recipes import Recipe, Shape
-from hubert_export.runner import Runner, check_inputs
+from hubert_export.recipes import Recipe
+from hubert_export.runner import Runner
 
 log = logging.getLogger(__name__)
 # optimum-intel's names: OVModelForCTC.from_pretrained(artifact) finds the IR only by them (it looks for
@@ -64,8 +65,12 @@ class OpenVinoBackend(Backend):
         # The configuration whose latency and INT8 accuracy the benchmarks and tests measured.
         return list(PORTABLE_PASSES)
 
-    def static_shape(self, recipe: Recipe) -> Shape | None:
-        return recipe.openvino.static_shape
+    def input_contract(self, recipe: Recipe, attention_mask: bool) -> InputContract:
+        """The recipe's range, or the one shape of `openvino.static_shape`, which the runner compiles for."""
+        static = recipe.openvino.static_shape
+        if static is not None:
+            return InputContract.fixed(static, attention_mask)
+        return InputContract.over(recipe.shapes.range, attention_mask)
 
     def build(self, inputs: BuildInputs) -> BackendBuild:
         precision = inputs.recipe.precision
@@ -94,27 +99,19 @@ class OpenVinoBackend(Backend):
         ov.save_model(model, str(inputs.out_dir / MODEL_XML), compress_to_fp16=precision == "fp16")
         return BackendBuild(section, failures=_accuracy_control_failures(section.get("quantization", {})))
 
-    def load(self, artifact: Artifact, *, threads: int | None = None, enforce_shape_range: bool = True,
+    def load(self, artifact: Artifact, *, threads: int | None = None,
              performance_hint: str | None = None) -> OpenVinoRunner:
         manifest = artifact.manifest
-        recipe = artifact.recipe()
-        options = recipe.openvino
         # As built and verified; artifacts from before backend.compile was recorded get the recipe's.
-        config = dict(manifest.get("backend", {}).get("compile") or compile_config(recipe))
+        config = dict(manifest.backend.get("compile") or compile_config(artifact.recipe()))
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         if performance_hint is not None:
             config["PERFORMANCE_HINT"] = performance_hint.upper()
-        io = manifest.get("io", {})
         # The manifest names the IR: artifacts built before the optimum-intel names have model.xml.
         xml = next((f for f in artifact.model_files if f.suffix == ".xml"), artifact.path / MODEL_XML)
-        return OpenVinoRunner(
-            xml, config=config,
-            input_names=[i["name"] for i in io.get("inputs", [{"name": "input_values"}])],
-            output_names=[o["name"] for o in io.get("outputs", [])],
-            static_shape=options.static_shape,
-            shape_range=artifact.shape_range() if enforce_shape_range else None,
-        )
+        return OpenVinoRunner(xml, config=config, input_names=manifest.input_names,
+                              output_names=manifest.output_names, contract=manifest.input_contract)
 
 
 def _accuracy_control_failures(quantization: dict[str, Any]) -> list[str]:
@@ -406,14 +403,13 @@ def _layer_precisions(model: ov.Model) -> tuple[list[str], list[str]]:
 # ------------------------------------------------------------------------------------------ runner
 class OpenVinoRunner(Runner):
     def __init__(self, xml_path: Path, *, config: dict[str, str], input_names: list[str],
-                 output_names: list[str], static_shape: Shape | None = None, shape_range: Any = None) -> None:
+                 output_names: list[str], contract: InputContract) -> None:
         self.name = "openvino"
         self.xml_path = xml_path
         self.config = config
         self.input_names = input_names
         self.output_names = output_names
-        self.static_shape = static_shape
-        self.shape_range = shape_range
+        self.contract = contract  # a fixed one (openvino.static_shape) is compiled for its one shape
 
     def _activate(self) -> None:
         xml_path = self.xml_path
@@ -424,8 +420,9 @@ class OpenVinoRunner(Runner):
         core = ov.Core()
         try:
             model = core.read_model(str(xml_path))
-            if self.static_shape is not None:
-                model.reshape({name: [self.static_shape.batch, self.static_shape.samples] for name in self.input_names})
+            window = self.contract.window
+            if window is not None:
+                model.reshape({name: [window.batch, window.samples] for name in self.input_names})
             self.compiled = core.compile_model(model, "CPU", self.config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             files = f"{xml_path.name}/{xml_path.with_suffix('.bin').name}"
@@ -434,14 +431,7 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled.create_infer_request()
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_inputs(inputs, self.input_names, self.shape_range)
-        static = self.static_shape
-        if static is not None and inputs["input_values"].shape != (static.batch, static.samples):
-            batch, samples = inputs["input_values"].shape
-            raise HubertExportError(
-                f"input of batch {batch} x {samples} samples does not match the static shape {static.batch} x "
-                f"{static.samples} this artifact is compiled for (openvino.static_shape): pad or split the "
-                f"input to that shape, or rebuild without openvino.static_shape")
+        self.contract.check(inputs)
         results = self.request.infer({n: inputs[n] for n in self.input_names})
         return {name: np.array(results[port]) for name, port in zip(self.output_names, self.outputs)}
 

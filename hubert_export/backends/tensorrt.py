@@ -50,11 +50,12 @@ import onnx
 
 from hubert_export.artifact import Artifact
 from hubert_export.backends import Backend, BackendBuild, BuildInputs
+from hubert_export.contract import InputContract
 from hubert_export.errors import HubertExportError, InternalError
 from hubert_export.passes import PORTABLE_PASSES, fp16_with_fp32_islands
 from hubert_export.audio import MIN_SAMPLES
 from hubert_export.recipes import Recipe, Shape, ShapeRange, Shapes
-from hubert_export.runner import Runner, check_inputs
+from hubert_export.runner import Runner
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model.plan"
@@ -474,13 +475,13 @@ class TensorRtRunner(Runner):
     buffers kept between calls. `last_timing` holds the last call's seconds with the host<->device
     copies ("total") and of the engine alone between CUDA events ("compute")."""
 
-    def __init__(self, plan_path: Path, section: dict[str, Any], shape_range: ShapeRange | None) -> None:
+    def __init__(self, plan_path: Path, section: dict[str, Any], contract: InputContract) -> None:
         self.name = "tensorrt"
         self.plan_path = plan_path
         self.section = section
-        self.shape_range = shape_range
+        self.contract = contract
         self.ranges = [ShapeRange(*(Shape(int(p[s]["batch"]), int(p[s]["samples"])) for s in ("min", "opt", "max")))
-                       for p in section.get("profiles", [])] or ([shape_range] if shape_range else [])
+                       for p in section.get("profiles", [])] or [contract.shape_range]
         self.last_timing: dict[str, float] = {}
 
     def _activate(self) -> None:
@@ -506,7 +507,7 @@ class TensorRtRunner(Runner):
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart = _cudart()
-        check_inputs(inputs, self.input_names, self.shape_range)
+        self.contract.check(inputs)
         batch, samples = inputs["input_values"].shape
         start = time.perf_counter()
         profile = select_profile(self.ranges, batch, samples) if self.ranges else 0
@@ -567,13 +568,11 @@ class TensorRtBackend(Backend):
     def build(self, inputs: BuildInputs) -> BackendBuild:
         return build_engine(inputs)
 
-    def load(self, artifact: Artifact, *, threads: int | None = None,
-             enforce_shape_range: bool = True) -> TensorRtRunner:
+    def load(self, artifact: Artifact, *, threads: int | None = None) -> TensorRtRunner:
         # threads: TensorRT runs on the GPU; the host thread count does not apply.
         missing = _missing_requirement()
         if missing:
             raise HubertExportError(f"this TensorRT artifact needs TensorRT and an NVIDIA GPU to run: this machine "
                                     f"has {missing}")
-        section = artifact.manifest.get("backend", {})
-        return TensorRtRunner(artifact.path / MODEL_NAME, section if isinstance(section, dict) else {},
-                              artifact.shape_range() if enforce_shape_range else None)
+        manifest = artifact.manifest
+        return TensorRtRunner(artifact.path / MODEL_NAME, manifest.backend, manifest.input_contract)

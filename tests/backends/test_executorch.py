@@ -67,7 +67,7 @@ def test_shipped_model_passes_its_gate_and_transcribes_like_eager(variant, shipp
 @pytest.mark.slow
 def test_built_range_is_recorded_and_enforced(shipped):
     path, _ = shipped("fp32")
-    shape_range = Artifact.open(path).shape_range()
+    shape_range = Artifact.open(path).input_contract
     # The exporter needs at least two frames (720 samples at HuBERT's framing), and batch stays 1.
     assert shape_range.min.samples >= 720 and shape_range.max.samples == LONGEST
     assert shape_range.min.batch == shape_range.max.batch == 1

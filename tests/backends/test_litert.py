@@ -17,7 +17,7 @@ from hubert_export.backends import get_backend
 from hubert_export.build import export_artifact
 from hubert_export.errors import HubertExportError
 from hubert_export.tasks import DEFAULT_THRESHOLDS
-from hubert_export.recipes import recipe_from_dict
+from hubert_export.recipes import Shape, recipe_from_dict
 
 from .edge_common import (  # noqa: F401  (speech: a fixture)
     SHIPPED_MODEL, SPEECH, assert_refused_without_extra, installed, speech, transcript_cer,
@@ -60,7 +60,7 @@ def test_shipped_model_passes_its_gate_and_transcribes_like_eager(variant, shipp
     assert report.passed, report.failures
     assert any(c.transcripts for c in report.cases)  # the speech was gated, not only synthetic input
     manifest = Artifact.open(path).manifest
-    assert manifest["shape_range"]["min"] == manifest["shape_range"]["max"] == {"batch": 1, "samples": WINDOW}
+    assert manifest.input_contract.window == Shape(1, WINDOW)
     files, texts, eager_cer = speech
     cer = transcript_cer(path, files, texts)
     precision = VARIANTS[variant][0]
@@ -89,7 +89,7 @@ def test_other_shapes_are_refused_naming_the_built_one(shipped):
     path, _ = shipped("fp32")
     with get_backend("litert").load(Artifact.open(path)) as runner:
         inputs = {"input_values": np.zeros((1, 16_000), np.float32), "attention_mask": np.ones((1, 16_000), np.int64)}
-        with pytest.raises(HubertExportError, match=f"batch 1 x {WINDOW} samples") as error:
+        with pytest.raises(HubertExportError, match=f"one shape this artifact is built for \\(1 x {WINDOW}\\)") as error:
             runner.infer(inputs)
     assert "\n" not in str(error.value)
 

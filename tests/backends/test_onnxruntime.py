@@ -49,7 +49,7 @@ def test_ignored_scopes_stay_float_and_are_recorded(ctc_checkpoint, calibration_
         "calibration.ignored_scopes": (FEED_FORWARD_0,)})
     result = export_artifact(ctc_checkpoint, tmp_path / method, recipe, latency_repeats=0)
     assert result.passed, result.report.failures
-    excluded = Artifact.open(tmp_path / method).manifest["backend"]["excluded_nodes"]
+    excluded = Artifact.open(tmp_path / method).manifest.backend["excluded_nodes"]
     kept = [n for n in excluded if n.endswith("/MatMul")]
     assert len(kept) == 2 and all("layers.0/feed_forward/" in n for n in kept)
     model = onnx.load(str(tmp_path / method / "model.onnx"))
@@ -85,10 +85,10 @@ def test_int8_weights_are_7_bit_for_a_cpu_without_vnni(ctc_checkpoint, calibrati
                    if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]  # not per-channel zero points
         largest_weight[isa] = max(int(np.abs(w).max()) for w in weights)
         manifest = Artifact.open(tmp_path / isa).manifest
-        assert manifest["isa"]["deployment"] == isa
-        assert ("7-bit" in manifest["backend"]["format"]) == (isa == "x86-avx2")
+        assert manifest.isa.deployment == isa
+        assert ("7-bit" in manifest.backend["format"]) == (isa == "x86-avx2")
         integer_ops = sum(n.op_type == "MatMulInteger" for n in model.graph.node)
-        assert manifest["backend"]["int8_layers"] == (integer_ops if method == "dynamic" else len(weights)) > 0
+        assert manifest.backend["int8_layers"] == (integer_ops if method == "dynamic" else len(weights)) > 0
         # The check says when this CPU's INT8 arithmetic is not the one the artifact was built for.
         assert bool(result.report.isa["note"]) == (isa != host_isa().name and Isa(isa).vnni != host_isa().vnni)
     assert largest_weight["x86-avx2"] <= 64 < largest_weight["x86-avx512-vnni"]

@@ -71,10 +71,10 @@ def transformers_logits(checkpoint: Path, x: np.ndarray) -> np.ndarray:
 
 def test_fp32_ir_matches_eager_and_transformers(fp32_artifact, ctc_checkpoint):
     artifact = Artifact.open(fp32_artifact)
-    report_worst = artifact.manifest["parity"]["worst"]
-    assert artifact.manifest["parity"]["cases"] >= 5  # lengths 400..48077 and a padded batch of 3
+    report_worst = artifact.manifest.parity["worst"]
+    assert artifact.manifest.parity["cases"] >= 5  # lengths 400..48077 and a padded batch of 3
     assert report_worst["max_abs_error"] < 1e-4
-    backend = artifact.manifest["backend"]
+    backend = artifact.manifest.backend
     # optimum-intel's file names: OVModelForCTC.from_pretrained(artifact) finds the IR only by them.
     assert backend["files"] == ["openvino_model.xml", "openvino_model.bin"] and backend["weights"] == "fp32"
     assert backend["compile"]["INFERENCE_PRECISION_HINT"] == "f32"
@@ -129,7 +129,7 @@ def test_int8_quantises_every_conv_and_matmul(int8_artifact):
     worst = result.report.worst()
     # Close (the gate's verdict above; how close depends on the CPU's INT8 arithmetic), but not the FP32 graph.
     assert worst["max_abs_error"] > 1e-6
-    quantization = Artifact.open(path).manifest["backend"]["quantization"]
+    quantization = Artifact.open(path).manifest.backend["quantization"]
     assert quantization["quantized_layers"] == TINY_WEIGHTED_LAYERS and quantization["float_layers"] == []
     assert quantization["calibration_samples"] == 8
     # The CPU plugin really executes them in 8 bit, feature-encoder convolutions included.
@@ -150,7 +150,7 @@ def runtime_precisions(artifact_dir: Path) -> dict[str, str]:
 def test_int8_default_keeps_the_feature_encoder_in_float(ctc_checkpoint, calibration_dir, tmp_path):
     result = export_artifact(ctc_checkpoint, tmp_path / "int8", openvino_recipe("int8", **{"calibration.data": calibration_dir}))
     assert result.passed, result.report.failures
-    quantization = Artifact.open(tmp_path / "int8").manifest["backend"]["quantization"]
+    quantization = Artifact.open(tmp_path / "int8").manifest.backend["quantization"]
     floats = quantization["float_layers"]
     assert [n for n in floats if "feature_extractor" in n] == [
         f"/model/hubert/feature_extractor/conv_layers.{i}/conv/Conv" for i in range(3)]
@@ -163,7 +163,7 @@ def test_int8_default_keeps_the_feature_encoder_in_float(ctc_checkpoint, calibra
     assert "feature-encoder" in quantization["float_groups"]["feature_encoder"]  # the reason is recorded
     # ... and runs in bf16 where the CPU has the instructions (openvino.inference_precision: auto,
     # deployment_isa: auto, the build machine's ISA).
-    backend = Artifact.open(tmp_path / "int8").manifest["backend"]
+    backend = Artifact.open(tmp_path / "int8").manifest.backend
     expected = "bf16" if host_isa().bf16 else "f32"
     assert backend["compile"]["INFERENCE_PRECISION_HINT"] == expected == backend["float_compute_at_build"]
     encoder = {n: p for n, p in runtime_precisions(tmp_path / "int8").items() if "feature_extractor/conv_layers" in n}
@@ -173,7 +173,7 @@ def test_int8_default_keeps_the_feature_encoder_in_float(ctc_checkpoint, calibra
 def test_int8_float_layers_in_f32_when_the_recipe_says(ctc_checkpoint, calibration_dir, tmp_path):
     recipe = openvino_recipe("int8", **{"calibration.data": calibration_dir, "openvino.inference_precision": "f32"})
     export_artifact(ctc_checkpoint, tmp_path / "int8", recipe, latency_repeats=0)
-    assert Artifact.open(tmp_path / "int8").manifest["backend"]["float_compute_at_build"] == "f32"
+    assert Artifact.open(tmp_path / "int8").manifest.backend["float_compute_at_build"] == "f32"
     encoder = {n: p for n, p in runtime_precisions(tmp_path / "int8").items() if "feature_extractor/conv_layers" in n}
     assert set(encoder.values()) == {"f32"}, encoder
 
@@ -184,7 +184,7 @@ def test_int8_options_reach_nncf(ctc_checkpoint, calibration_dir, tmp_path):
         "calibration.smooth_quant_alpha": -1, "calibration.ignored_scopes": [r"feature_extractor/conv_layers\.[01]/"],
         "calibration.float_groups": []})
     result = export_artifact(ctc_checkpoint, tmp_path / "int8", recipe)
-    quantization = Artifact.open(tmp_path / "int8").manifest["backend"]["quantization"]
+    quantization = Artifact.open(tmp_path / "int8").manifest.backend["quantization"]
     assert quantization["calibration_samples"] == 4 and quantization["preset"] == "performance"
     assert sorted(quantization["float_layers"]) == [
         f"/model/hubert/feature_extractor/conv_layers.{i}/conv/Conv" for i in (0, 1)]
@@ -216,7 +216,7 @@ def test_accuracy_control_keeps_the_requested_drop(ctc_checkpoint, calibration_d
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert result.passed, result.report.failures
-    quantization = Artifact.open(tmp_path / "ac").manifest["backend"]["quantization"]
+    quantization = Artifact.open(tmp_path / "ac").manifest.backend["quantization"]
     control = quantization["accuracy_control"]
     assert control["metric"] == "frame_argmax_agreement" and control["drop"] <= max_drop and control["reached"]
     # One progress line per revert, with the metric after it; the ranking is the fixed REVERT_ORDER.
@@ -270,7 +270,8 @@ def test_static_shape_runner_rejects_other_shapes(ctc_checkpoint, tmp_path):
     recipe = openvino_recipe("fp32", **{"openvino.static_shape": {"batch": 1, "samples": 16_000}})
     result = export_artifact(ctc_checkpoint, tmp_path / "static", recipe)
     assert result.passed, result.report.failures
-    assert {tuple(c.shape) for c in result.report.cases} == {(1, 16_000)}
+    # Gated as deployed: every case through the one compiled shape, longer audio cut to it.
+    assert {c.shape[1] for c in result.report.cases} == {16_000} and len(result.report.cases) > 1
     artifact = Artifact.open(tmp_path / "static")
     x = np.random.default_rng(0).standard_normal((1, 16_000)).astype(np.float32)
     with get_backend("openvino").load(artifact) as runner:
@@ -278,7 +279,7 @@ def test_static_shape_runner_rejects_other_shapes(ctc_checkpoint, tmp_path):
         np.testing.assert_allclose(runner.infer({"input_values": x})["logits"],
                                    transformers_logits(ctc_checkpoint, x), atol=1e-4)
         for shape in [(1, 16_001), (2, 16_000)]:
-            with pytest.raises(HubertExportError, match="static shape 1 x 16000"):
+            with pytest.raises(HubertExportError, match=r"one shape this artifact is built for \(1 x 16000\)"):
                 runner.infer({"input_values": np.zeros(shape, np.float32)})
 
 
@@ -355,9 +356,9 @@ def test_accuracy_control_that_must_revert_every_compute_layer_exits_1(ctc_check
     said = [line for line in stdout.splitlines() if "reverting every convolution, attention and feed-forward" in line]
     assert len(said) == 1 and "build --precision fp32" in said[0] and "drop" in said[0]
     manifest = Artifact.open(out).manifest
-    quantization = manifest["backend"]["quantization"]
-    assert manifest["parity"]["passed"] is False and quantization["compute_int8_layers"] == 0
-    assert manifest["backend"]["int8_layers"] == quantization["quantized_layers"]
+    quantization = manifest.backend["quantization"]
+    assert manifest.parity["passed"] is False and quantization["compute_int8_layers"] == 0
+    assert manifest.backend["int8_layers"] == quantization["quantized_layers"]
     # The precondition: every candidate that kept INT8 where it saves time missed the drop.
     useful = [s for s in quantization["accuracy_control"]["steps"] if s["compute_int8_layers"]]
     assert useful and all(s["metric"] < 1.0 for s in useful)
@@ -376,9 +377,9 @@ def test_int8_weights_are_7_bit_for_a_cpu_without_vnni(ctc_checkpoint, calibrati
         recipe = openvino_recipe("int8", **{"calibration.data": calibration_dir, "deployment_isa": isa})
         result = export_artifact(ctc_checkpoint, tmp_path / isa, recipe, latency_repeats=0)
         manifest = Artifact.open(tmp_path / isa).manifest
-        assert manifest["isa"]["deployment"] == isa
-        assert manifest["backend"]["quantization"]["overflow_fix"] == ("enable" if isa == "x86-avx2" else "first_layer")
-        assert manifest["backend"]["int8_layers"] > 0
+        assert manifest.isa.deployment == isa
+        assert manifest.backend["quantization"]["overflow_fix"] == ("enable" if isa == "x86-avx2" else "first_layer")
+        assert manifest.backend["int8_layers"] > 0
         assert bool(result.report.isa["note"]) == (Isa(isa).vnni != host_isa().vnni)
         largest[isa] = _largest_int8_weight(tmp_path / isa / "openvino_model.xml")
     assert largest["x86-avx2"] <= 64 < largest["x86-avx512-vnni"]
@@ -404,8 +405,8 @@ def test_int8_under_an_avx2_onednn_cap_is_built_and_checked_as_avx2(ctc_checkpoi
                             "--latency-repeats", "0"], env=env, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout + build.stderr
     manifest = Artifact.open(out).manifest
-    assert manifest["isa"]["deployment"] == "x86-avx2" and manifest["isa"]["build_machine"]["onednn_max_cpu_isa"] == "AVX2"
-    assert manifest["backend"]["quantization"]["overflow_fix"] == "enable"
+    assert manifest.isa.deployment == "x86-avx2" and manifest.isa.build_machine["onednn_max_cpu_isa"] == "AVX2"
+    assert manifest.backend["quantization"]["overflow_fix"] == "enable"
     check = subprocess.run([*command, "check", str(out), "--quiet", "--latency-repeats", "0"], env=env,
                            capture_output=True, text=True, timeout=600)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -312,7 +312,7 @@ def test_fp16_engine_passes_parity_and_records_its_environment(trt_engine_artifa
 
     result, _ = trt_engine_artifact
     assert result.passed, result.report.failures
-    backend = Artifact.open(result.path).manifest["backend"]
+    backend = Artifact.open(result.path).manifest.backend
     assert backend["files"] == ["model.plan"] and (result.path / "model.plan").stat().st_size > 0
     assert backend["compute_capability"] == trt_backend.current_environment()["compute_capability"]
     assert backend["fp32_layers"] == list(DEFAULT_POLICY) and backend["fp32_layer_count"] > 0
