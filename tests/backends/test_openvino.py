@@ -394,10 +394,35 @@ def test_int8_float_layers_run_in_bf16_only_where_the_cpu_has_it(isa, max_drop, 
     assert compile_config(recipe)["INFERENCE_PRECISION_HINT"] == hint
 
 
-def test_int8_under_an_avx2_onednn_cap_is_built_and_checked_as_avx2(ctc_checkpoint, calibration_dir, tmp_path):
+_CAPPED_FP32_RUN = """
+import sys, numpy as np, openvino as ov
+compiled = ov.Core().compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+for n in (400, 1234, 16000, 48077):
+    compiled({"input_values": np.random.default_rng(0).standard_normal((1, n)).astype(np.float32)})
+"""
+
+
+def _openvino_runs_under_an_avx2_cap(onnx_artifact: Path, env: dict[str, str]) -> str | None:
+    """None if OpenVINO runs the tiny model's plain FP32 graph under ONEDNN_MAX_CPU_ISA=AVX2, else why not."""
+    run = subprocess.run([sys.executable, "-c", _CAPPED_FP32_RUN, str(onnx_artifact / "model.onnx")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    if run.returncode == 0:
+        return None
+    how = f"signal {-run.returncode}" if run.returncode < 0 else (run.stderr.strip().splitlines() or ["exit 1"])[-1]
+    return (f"OpenVINO {ov.get_version()} cannot run even the FP32 graph under ONEDNN_MAX_CPU_ISA=AVX2 on this CPU "
+            f"({host_isa().name}): {how}. Its own CPU kernels ignore the cap in release builds (only oneDNN's obey "
+            "it; openvinotoolkit/openvino PR 36980 adds OV_CPU_MAX_ISA to debug builds), so AVX2 arithmetic "
+            "cannot be emulated here; the AVX2 INT8 tests run on AVX2 machines")
+
+
+def test_int8_under_an_avx2_onednn_cap_is_built_and_checked_as_avx2(ctc_checkpoint, onnx_artifact, calibration_dir,
+                                                                    tmp_path):
     """ONEDNN_MAX_CPU_ISA=AVX2 makes OpenVINO's oneDNN compute as an AVX2 CPU does: on an AVX-512 machine
-    this builds and gates INT8 with AVX2 arithmetic, so such a machine catches an AVX2 regression."""
+    this builds and gates INT8 with AVX2 arithmetic, so such a machine catches an AVX2 regression where
+    OpenVINO runs at all under the cap (on an AMD EPYC with AVX-512 VNNI and BF16 it does not)."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    if (reason := _openvino_runs_under_an_avx2_cap(onnx_artifact, env)) is not None:
+        pytest.skip(reason)
     out = tmp_path / "capped"
     command = [sys.executable, "-c", "import sys; from hubert_export.cli import main; sys.exit(main(sys.argv[1:]))"]
     build = subprocess.run([*command, "--target", "openvino", "--precision", "int8", "--model", str(ctc_checkpoint),
