@@ -33,8 +33,13 @@ def hub_cache_dir() -> Path:
 
 
 def resolve_model(spec: str | Path) -> Path:
-    """An existing path as it is; an `owner/name` id as its cached snapshot directory (offline)."""
+    """An existing path as it is; an `owner/name` id as its cached snapshot directory (offline); a
+    fairseq `.pt` file as its imported checkpoint directory (imported once, cached by its sha256)."""
     path = Path(spec)
+    if path.is_file() and path.suffix == ".pt":
+        from hubert_export.model.fairseq import imported_checkpoint_dir  # imports torch: only when needed
+
+        return imported_checkpoint_dir(path)
     if path.exists() or not looks_like_model_id(spec):
         return path
     model_id = str(spec)
