@@ -50,6 +50,7 @@ from hubert_export.parity import CaseOutcome, ParityCase, ParityReport, batch_ca
 
 RAY_EXTRA = "pip install 'hubert-export[ray]'"
 FILE_MODES = ("store", "shared")
+STORE_CHUNK_BYTES = 256 << 20  # the largest piece of a file put in the object store (Files)
 RESULTS_FORMAT = 1
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ class Files:
 
     path: str
     digest: str = ""  # SHA-256 over names and bytes (store mode): the unpacked copy's name
-    ref: Any = None  # ObjectRef of {relative posix name: bytes}
+    # ObjectRef of {relative posix name: [ObjectRef of bytes, ...]}: each file in pieces of at most
+    # STORE_CHUNK_BYTES, so that a model file of gigabytes (hubert-xlarge's 3.8 GB model.onnx.data)
+    # is never whole in the memory of the driver or of a worker, only in the object store.
+    ref: Any = None
 
     def local(self) -> Path:
         """The directory on this node."""
@@ -114,9 +118,11 @@ class Files:
         files = ray.get(self.ref)
         root.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{self.digest[:16]}-", dir=root.parent))
-        for name, data in files.items():
+        for name, chunks in files.items():
             (temp / name).parent.mkdir(parents=True, exist_ok=True)
-            (temp / name).write_bytes(data)
+            with open(temp / name, "wb") as out:
+                for chunk in chunks:
+                    out.write(ray.get(chunk))
         try:
             os.rename(temp, root)  # atomic: a worker never sees half a copy
         except OSError:  # another worker on this node unpacked it first
@@ -137,12 +143,14 @@ def share_directory(directory: str | Path, mode: str, names: list[str] | None = 
     if names is None:
         names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
     digest = hashlib.sha256()
-    files = {}
+    files: dict[str, list[Any]] = {}
     for name in names:
-        data = (directory / name).read_bytes()
-        digest.update(f"{name}\0{len(data)}\n".encode())
-        digest.update(data)
-        files[name] = data
+        digest.update(f"{name}\0{(directory / name).stat().st_size}\n".encode())
+        files[name] = []
+        with open(directory / name, "rb") as f:
+            for data in iter(lambda: f.read(STORE_CHUNK_BYTES), b""):
+                digest.update(data)
+                files[name].append(ray.put(data))
     return Files(str(directory), digest.hexdigest(), ray.put(files))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -27,9 +28,13 @@ from hubert_export.tasks import DEFAULT_OPSET, ExportModule, TaskSpec, family_of
 
 DEFAULT_EXPORTER = "torchscript"
 EXPORTERS = ("torchscript", "dynamo")
-# onnx protobufs cannot exceed 2 GB; hubert-xlarge (~3.8 GB in float32) needs external data.
+# onnx protobufs cannot exceed 2 GB; hubert-xlarge (~3.8 GB in float32) needs external data: the
+# weights in one `<model>.onnx.data` file beside the graph (`export.external_data`: "auto" above
+# this many bytes of weights, "always", "never"). docs/large-models.md follows it through every step.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 EXTERNAL_DATA_SUFFIX = ".data"
+EXTERNAL_DATA_POLICIES = ("auto", "always", "never")
+_PROTOBUF_LIMIT = 2**31 - 1
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +60,33 @@ def export_onnx(
     with_attention_mask: bool = False,
     output_hidden_states: bool = False,
     exporter: str = DEFAULT_EXPORTER,
+    external_data: str = "auto",
 ) -> onnx.ModelProto:
     """Export `model` for `task`; returns the checked ONNX model, also written to `path` if given.
 
     Models under 2 GB stay in memory (no file is written without `path`): writing and re-reading
-    400 MB costs seconds on a slow disk.
+    400 MB costs seconds on a slow disk. A model written with external data (`external_data`, see
+    `uses_external_data`) to `path` comes back with its weights not read (`load_onnx`).
     """
     return export_onnx_serialized(model, task, path, opset=opset, with_attention_mask=with_attention_mask,
-                                  output_hidden_states=output_hidden_states, exporter=exporter)[0]
+                                  output_hidden_states=output_hidden_states, exporter=exporter,
+                                  external_data=external_data)[0]
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def uses_external_data(model: torch.nn.Module, policy: str = "auto") -> bool:
+    """Whether `model` is exported with its weights in an external data file: `policy` "always",
+    "never" (refused above protobuf's 2 GB), or "auto" (above EXTERNAL_DATA_THRESHOLD bytes)."""
+    if policy not in EXTERNAL_DATA_POLICIES:
+        raise HubertExportError(f"export.external_data {policy!r} is not one of {', '.join(EXTERNAL_DATA_POLICIES)}")
+    size = weight_bytes(model)
+    if policy == "never" and size > _PROTOBUF_LIMIT:
+        raise HubertExportError(f"the model has {size / 1e9:.2f} GB of weights, beyond the 2 GB an ONNX file can "
+                                "hold inside itself: set export.external_data to auto or always")
+    return policy == "always" or (policy == "auto" and size > EXTERNAL_DATA_THRESHOLD)
 
 
 def export_onnx_serialized(
@@ -76,6 +100,7 @@ def export_onnx_serialized(
     exporter: str = DEFAULT_EXPORTER,
     check: bool = True,
     parse: bool = True,
+    external_data: str = "auto",
 ) -> tuple[onnx.ModelProto | None, bytes | None]:
     """`export_onnx`, also returning the exporter's own serialisation of the model (None for the
     dynamo exporter and for models over 2 GB): a build that ships the graph unchanged writes those
@@ -84,6 +109,12 @@ def export_onnx_serialized(
     For returned bytes, check=False leaves the onnx.checker run to the caller (`check_onnx`), who
     can overlap it with other work, and parse=False returns no ModelProto (parsing 400 MB is wasted
     on a build that only writes them). A model exported through a file is always checked and parsed.
+
+    With external data (`uses_external_data(model, external_data)`) no bytes are returned: the
+    model goes to `path` and `<path>.data` (the tracing exporter's loose tensor files gathered
+    into that one file, streamed, not loaded), is checked by path, and comes back with its weights
+    referenced, not read (`load_onnx`). Without `path` it goes through a temporary file and comes
+    back with its weights loaded.
     """
     if opset < 18:
         raise HubertExportError(f"opset {opset} is too old: the exporter needs opset 18 or newer (default {DEFAULT_OPSET})")
@@ -103,8 +134,8 @@ def export_onnx_serialized(
     axes = output_axes(task, output_hidden_states, family)
     input_axes = {name: family.input(name).axes for name in input_names}
 
-    num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    external = num_bytes > EXTERNAL_DATA_THRESHOLD
+    num_bytes = weight_bytes(model)
+    external = uses_external_data(model, external_data)
     log.info(f"tracing {type(model).__name__} ({num_bytes / 1e6:.0f} MB of weights) to ONNX opset {opset} ({exporter})")
     # The wrapper is a fresh nn.Module, in training mode unless told: the exporter restores that
     # mode on the whole model afterwards, which would switch dropout on in the eager reference.
@@ -123,8 +154,10 @@ def export_onnx_serialized(
                     _export_torchscript(wrapper, args, buffer, input_axes, axes, opset)
                 elif exporter == "torchscript":
                     _export_torchscript(wrapper, args, target, input_axes, axes, opset)
-                    # The tracing exporter writes tensors of models over 2 GB as loose files: gather them.
-                    save_onnx(onnx.load(str(target)), target)
+                    if external:
+                        # The tracing exporter writes the tensors of models over 2 GB as loose files, and
+                        # smaller models inline: either way, into one <name>.data file.
+                        gather_external_data(target)
                 else:
                     _export_dynamo(wrapper, args, target, input_axes, axes, opset, external, dynamic_shapes)
             except Exception as exc:  # the exporter raises many types; the user needs one line
@@ -137,6 +170,8 @@ def export_onnx_serialized(
                 path.write_bytes(data)
             return (onnx.load_from_string(data) if parse else None), data
         check_onnx(target)
+        if external and path is not None:
+            return load_onnx(target), None
         return onnx.load(str(target)), None
 
 
@@ -175,11 +210,57 @@ def _export_dynamo(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...], pat
     )
     _name_axes(program.model, input_axes | axes)
     program.save(str(path), external_data=external)
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Save `model`, its weights in one external `<name>.data` file when they exceed protobuf's 2 GB."""
+    """Save `model`; its weights in one external `<name>.data` file when it has external data
+    already (a `load_onnx` model, or one a pass made from it) or they exceed EXTERNAL_DATA_THRESHOLD.
+
+    External data is written by onnx_ir, tensor by tensor from where they are (memory, or the file
+    a `load_onnx` model references): the weights are never all in memory twice."""
     big = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
-    onnx.save(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
-              location=path.name + EXTERNAL_DATA_SUFFIX)
+    if not (big or has_external_data(model)):
+        onnx.save(model, str(path))
+        return
+    import onnx_ir as ir
+
+    ir.save(ir.serde.deserialize_model(model), str(path), external_data=path.name + EXTERNAL_DATA_SUFFIX)
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """The ONNX file at `path` with its external tensors referenced, not read: their locations made
+    absolute, so that graph passes (onnx_ir) read them from the file on demand and `save_onnx`
+    streams them into a new file. Such a model is for this process only: never save it with onnx.save."""
+    model = onnx.load(str(path), load_external_data=False)
+    base = Path(path).resolve().parent
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = str(base / entry.value)
+    return model
+
+
+def gather_external_data(path: Path) -> None:
+    """Rewrite the ONNX file at `path` with every tensor (inline, or a loose file beside it) in one
+    `<name>.data` file, streamed through onnx_ir (memory-mapped reads), then remove the loose files."""
+    import onnx_ir as ir
+
+    proto = onnx.load(str(path), load_external_data=False)
+    loose = {entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+             for entry in t.external_data if entry.key == "location"}
+    del proto
+    data_name = path.name + EXTERNAL_DATA_SUFFIX
+    loose.discard(data_name)
+    staged = path.with_name(f".{path.name}.gathered")
+    model = ir.load(str(path))
+    ir.save(model, str(staged), external_data=data_name)
+    del model
+    os.replace(staged, path)
+    for name in loose:
+        (path.parent / name).unlink(missing_ok=True)
 
 
 def check_onnx(model: Path | bytes) -> None:

@@ -266,6 +266,10 @@ class ExportOptions:
     # "torchscript": torch's tracing exporter (the one Optimum uses), several times faster;
     # "dynamo": torch.export-based, the exporter torch develops going forward. Both are tested.
     exporter: _choice(Literal["torchscript", "dynamo"]) = "torchscript"
+    # The weights in an external `<model>.onnx.data` file beside the graph: "auto" when they exceed
+    # 1.8 GB (ONNX files cannot exceed protobuf's 2 GB: hubert-xlarge, XLS-R 1B/2B), "always",
+    # or "never" (refused for a model over 2 GB). docs/large-models.md.
+    external_data: _choice(Literal["auto", "always", "never"]) = "auto"
 
 
 @with_config(_FORBID_EXTRA)

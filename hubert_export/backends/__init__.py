@@ -58,7 +58,12 @@ if TYPE_CHECKING:  # torch-free at run time: `check --golden` loads back ends on
 class ExportedGraph:
     """The exported ONNX model after the back end's passes: bytes and/or a parsed model, and a file
     on request. Writing 400 MB and reading it back costs seconds that a back end working on the
-    graph in memory does not need to pay, so each form is made only when first asked for."""
+    graph in memory does not need to pay, so each form is made only when first asked for.
+
+    A model with external data (over 2 GB, or `export.external_data: always`) has no bytes: its
+    parsed form references its weights in the export's `.data` file (`export.load_onnx`), and
+    `file()`/`write()` stream them into `<name>.onnx.data` beside the file written
+    (`export.save_onnx`). `external_data` says which kind this is."""
 
     def __init__(self, scratch_path: Path, model: onnx.ModelProto | None = None,
                  serialized: bytes | None = None) -> None:
@@ -71,9 +76,21 @@ class ExportedGraph:
     def model(self) -> onnx.ModelProto:
         """The parsed graph; treat it as read-only (graph passes copy before they change anything)."""
         if self._model is None:
+            from hubert_export.export import load_onnx
+
             self._model = (onnx.load_from_string(self._serialized) if self._serialized is not None
-                           else onnx.load(str(self._scratch_path)))
+                           else load_onnx(self._scratch_path))
         return self._model
+
+    @property
+    def external_data(self) -> bool:
+        """Whether the graph's weights live in an external data file (and any file written from it)."""
+        if self._serialized is not None:
+            return False
+        from hubert_export.export import EXTERNAL_DATA_THRESHOLD, has_external_data
+
+        model = self.model()
+        return has_external_data(model) or sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
 
     def file(self) -> Path:
         """The graph as a file in the build's scratch directory (written on first call), for tools that read files."""

@@ -10,6 +10,7 @@ against 0.816 s per run, with sessions starting in 1.5 s instead of 0.44 s and b
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from hubert_export.runner import Runner
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model.onnx"
+EXTERNAL_DATA_NAME = MODEL_NAME + ".data"  # its weights, when it has external data (export.EXTERNAL_DATA_SUFFIX)
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -69,7 +71,7 @@ class OnnxRuntimeBackend(Backend):
                                                 inputs.recipe.deployment_isa) == "enable"
             if method == "dynamic":
                 excluded = resolve_ignored_nodes(inputs.graph.model(), patterns)
-                _quantize_dynamic(inputs.graph.file(), target, excluded, reduce_range)
+                _quantize_dynamic(inputs.graph.file(), target, excluded, reduce_range, inputs.graph.external_data)
             else:
                 section["calibration_samples"], excluded, float_nodes = _quantize_static(inputs, target, reduce_range)
                 groups = inputs.recipe.calibration.float_groups
@@ -92,12 +94,21 @@ class OnnxRuntimeBackend(Backend):
                     "which this machine lacks: use --precision fp32 or int8, or --target tensorrt on a GPU machine"
                 )
             from hubert_export.backends.tensorrt import fp16_policy_graph
+            from hubert_export.export import save_onnx
 
             # The graph TensorRT builds: half, with the FP16 policy's layers (tensorrt.fp32_layers) in FP32.
             model, pinned = fp16_policy_graph(inputs.graph.model(), inputs.recipe.tensorrt.fp32_layers)
-            onnx.save(model, str(target))
+            save_onnx(model, target)
             section["providers"] = ["CUDAExecutionProvider"]
             section["fp32_layer_count"] = len(pinned)
+        # A model with external data (export.external_data; over 2 GB) has its weights beside it in
+        # model.onnx.data: a model file of the artifact, hashed in the manifest like model.onnx.
+        if (inputs.out_dir / EXTERNAL_DATA_NAME).is_file():
+            # ONNX Runtime's quantiser writes it through a temporary file, mode 0600: an artifact
+            # served by another user must be readable like model.onnx.
+            shutil.copymode(target, inputs.out_dir / EXTERNAL_DATA_NAME)
+            section["files"].append(EXTERNAL_DATA_NAME)
+            section["external_data"] = EXTERNAL_DATA_NAME
         return BackendBuild(section, digests)
 
     def load(self, artifact: Artifact, *, threads: int | None = None,
@@ -141,12 +152,13 @@ def int8_layer_count(model: onnx.ModelProto) -> int:
     return integer + qdq
 
 
-def _quantize_dynamic(source: Path, target: Path, excluded: list[str], reduce_range: bool) -> None:
+def _quantize_dynamic(source: Path, target: Path, excluded: list[str], reduce_range: bool, external: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # MatMul only: ONNX Runtime's dynamic ConvInteger kernels are slower than float Conv on x86.
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     nodes_to_exclude=excluded, reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True})
+                     nodes_to_exclude=excluded, reduce_range=reduce_range, extra_options={"MatMulConstBOnly": True},
+                     use_external_data_format=external)
 
 
 def _quantize_static(inputs: BuildInputs, target: Path, reduce_range: bool) -> tuple[int, list[str], list[str]]:
@@ -165,9 +177,12 @@ def _quantize_static(inputs: BuildInputs, target: Path, reduce_range: bool) -> t
             item = next(self.items, None)
             return None if item is None else {k: v for k, v in item.items() if k in inputs.input_names}
 
+    external = inputs.graph.external_data  # then every file on the way has its weights beside it
     with tempfile.TemporaryDirectory(dir=inputs.work_dir) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(inputs.graph.file()), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(inputs.graph.file()), str(prepared), skip_symbolic_shape=True,
+                          save_as_external_data=external, all_tensors_to_one_file=True,
+                          external_data_location=prepared.name + ".data")
         # Resolved on the graph the quantiser reads: pre-processing may merge or rename nodes.
         prepared_model = onnx.load(str(prepared), load_external_data=False)
         excluded = resolve_ignored_nodes(prepared_model, inputs.recipe.calibration.ignored_scopes)
@@ -180,6 +195,7 @@ def _quantize_static(inputs: BuildInputs, target: Path, reduce_range: bool) -> t
             reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Conv"],
             nodes_to_exclude=float_nodes + [n for n in excluded if n not in float_nodes],
             extra_options={"CalibTensorRangeSymmetric": False, "MatMulConstBOnly": True},
+            use_external_data_format=external,
         )
     return len(batches), excluded, float_nodes
 
