@@ -368,3 +368,31 @@ def chunk_spans(num_samples: int, chunk_samples: int, overlap_samples: int) -> l
         spans[-1] = (spans[-1][0], num_samples)
     return spans
 
+
+
+class ArrayStream:
+    """Samples already decoded at the model's rate, read as an `AudioStream` is read: what the
+    long-form check feeds `transcribe`'s chunker, so that it chunks exactly the audio the eager
+    model sees whole."""
+
+    up = 1  # already at the model's rate: no resampler phase to keep
+
+    def __init__(self, samples: np.ndarray, name: str) -> None:
+        self.samples = samples
+        self.path = Path(name)
+        self.num_samples = int(samples.shape[0])
+        self.largest_block = 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        block = self.samples[start:stop]
+        self.largest_block = max(self.largest_block, block.shape[0])
+        return block
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ArrayStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

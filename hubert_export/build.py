@@ -29,6 +29,7 @@ from hubert_export.corpus import CorpusOptions
 from hubert_export.errors import HubertExportError
 from hubert_export.hub import resolve_model
 from hubert_export.isa import manifest_section
+from hubert_export.long_form import LongFormOptions
 from hubert_export.model import HubertConfig, load_config
 from hubert_export.model.weights import load_checkpoint_state
 from hubert_export.golden import RecordingRunner, write_golden
@@ -130,11 +131,17 @@ def export_artifact(
     with ThreadPoolExecutor(max_workers=1) as pool, artifacts.building(output, overwrite=overwrite) as tmp:
         checkpoint_sha256 = pool.submit(artifacts.hash_checkpoint, model_dir)
         declared = backend.input_contract(recipe, with_mask)
-        inputs = BuildInputs(tmp, tmp / ".work", recipe, config, fe, task, input_names, output_names, None,
-                             declared, _calibration_loader(recipe, fe, input_names), model=model)
-        built, pass_names = _build_model_files(backend, inputs, pool)
+        # The eager model is held by the build inputs alone (no local name here), so that a build
+        # with external data can let go of it while the back end works and read it again after.
+        held, model = [model], None
+        built, pass_names, model = _build_model_files(backend, BuildInputs(
+            tmp, tmp / ".work", recipe, config, fe, task, input_names, output_names, None, declared,
+            _calibration_loader(recipe, fe, input_names), model=held.pop()), pool)
+        if model is None:
+            log.info(f"reading {model_dir} again for the parity check")
+            model = load_model(model_dir, recipe.task)[2]
         backend_section = {**built.section, "graph_passes": pass_names}
-        _remove_tree(inputs.work_dir)
+        _remove_tree(tmp / ".work")
         artifacts.copy_checkpoint_metadata(model_dir, tmp)
         manifest = artifacts.new_manifest(
             source={"checkpoint": str(Path(recorded_checkpoint or model_dir).resolve()), "checkpoint_sha256": checkpoint_sha256.result(),
@@ -165,11 +172,15 @@ def export_artifact(
     return BuildResult(final, size, report, latency["seconds"], latency["shape"])
 
 
-def _build_model_files(backend: Backend, inputs: BuildInputs, pool: ThreadPoolExecutor) -> tuple[BackendBuild, list[str]]:
+def _build_model_files(backend: Backend, inputs: BuildInputs,
+                       pool: ThreadPoolExecutor) -> tuple[BackendBuild, list[str], Any]:
     """The back end's model files in `inputs.out_dir`: for an ONNX back end, the model exported to
     ONNX, checked on the second core meanwhile, and run through the back end's graph passes first.
-    Returns the build and the passes run."""
-    from hubert_export.export import check_onnx, export_onnx_serialized
+    Returns the build, the passes run and the eager model, or None when it was let go of: a model
+    exported with external data (over 1.8 GB) is not kept through the back end's build, whose
+    quantisers and converters hold copies of their own (hubert-xlarge, OpenVINO INT8: 16.7 GiB at
+    the peak with it, docs/large-models.md)."""
+    from hubert_export.export import check_onnx, export_onnx_serialized, uses_external_data
     from hubert_export.passes import run_passes
 
     recipe, task = inputs.recipe, inputs.task
@@ -177,13 +188,19 @@ def _build_model_files(backend: Backend, inputs: BuildInputs, pool: ThreadPoolEx
     checked = None
     if backend.needs_onnx:
         log.info(f"exporting {task.name} to ONNX")
+        # With external data the export is a file in the scratch space (its weights beside it, read
+        # on demand by the passes and the back end): never a second copy of them in memory.
+        external = uses_external_data(inputs.model, recipe.export.external_data)
         exported, serialized = export_onnx_serialized(
-            inputs.model, task, None, opset=recipe.export.opset, with_attention_mask="attention_mask" in inputs.input_names,
+            inputs.model, task, inputs.work_dir / "exported.onnx" if external else None, opset=recipe.export.opset,
+            with_attention_mask="attention_mask" in inputs.input_names,
             output_hidden_states=recipe.export.output_hidden_states, exporter=recipe.export.exporter,
-            check=False, parse=False)
+            check=False, parse=False, external_data=recipe.export.external_data)
         # onnx.checker releases the GIL: it checks on the second core while the build goes on, and
         # the artifact is not finished until it has passed.
         checked = pool.submit(check_onnx, serialized) if serialized is not None else None
+        if external:
+            inputs = dataclasses.replace(inputs, model=None)
     try:
         pass_names = backend.graph_passes(recipe)
         if backend.needs_onnx:
@@ -192,7 +209,7 @@ def _build_model_files(backend: Backend, inputs: BuildInputs, pool: ThreadPoolEx
                 graph = ExportedGraph(inputs.work_dir / EXPORT_NAME, run_passes(graph.model(), pass_names))
             inputs = dataclasses.replace(inputs, graph=graph)
         log.info(f"building the {recipe.target} {recipe.precision} artifact")
-        return backend.build(inputs), pass_names
+        return backend.build(inputs), pass_names, inputs.model
     finally:
         # A model the checker rejects explains any later failure: its error is the one reported.
         if checked is not None:
@@ -209,14 +226,17 @@ def check_artifact(
     corpus_options: CorpusOptions | None = None,
     normalize: bool = True,
     report_dir: str | Path | None = None,
+    long_form: LongFormOptions | None = None,
 ) -> ParityReport:
     """Re-run an artifact's parity gate against its source checkpoint (the CI accuracy gate).
 
     The artifact is only read (it may sit on a read-only mount): parity.json and parity.md go to
-    `report_dir` when given, JUnit XML to `junit`.
+    `report_dir` when given, JUnit XML to `junit`. With `long_form`, the `data_dir` utterances are
+    checked whole as transcribe runs them, in chunks (hubert_export/long_form.py), instead of cut
+    to the artifact's shape range.
     """
     report = verify_artifact(artifact_dir, data_dir=data_dir, reference=reference, latency_repeats=latency_repeats,
-                             corpus_options=corpus_options, normalize=normalize).report
+                             corpus_options=corpus_options, normalize=normalize, long_form=long_form).report
     if report_dir is not None:
         report.write(Path(report_dir))
     if junit:
@@ -232,6 +252,7 @@ def verify_artifact(
     latency_repeats: int = 3,
     corpus_options: CorpusOptions | None = None,
     normalize: bool = True,
+    long_form: LongFormOptions | None = None,
 ) -> Verification:
     """`check_artifact` without writing anything: the file hashes, the source checkpoint (found
     through the manifest, or `reference`; its hash must match), then the parity cases and latency."""
@@ -251,11 +272,26 @@ def verify_artifact(
             "manifest's): pass --reference with the original checkpoint, or rebuild the artifact"
         )
     recipe = artifact.recipe()
+    if long_form is not None and data_dir is None:
+        raise HubertExportError("--chunk-seconds checks the --data recordings in chunks: add --data CORPUS")
+    if long_form is not None and manifest.task != "ctc":
+        raise HubertExportError(f"--chunk-seconds checks recordings the way transcribe runs them, and artifact "
+                                f"{artifact.path} outputs {manifest.task}, not CTC logits: drop --chunk-seconds")
     config, task, model = load_model(model_dir, manifest.task)
     fe = FeatureExtractorConfig.from_dir(model_dir)
-    return _verify(artifact, model, config, task, fe, recipe,
-                   data_dir=Path(data_dir) if data_dir else None, latency_repeats=latency_repeats,
-                   corpus_options=corpus_options, normalize=normalize)
+    verified = _verify(artifact, model, config, task, fe, recipe,
+                       data_dir=Path(data_dir) if data_dir and long_form is None else None,
+                       latency_repeats=latency_repeats, corpus_options=corpus_options, normalize=normalize)
+    if long_form is not None:
+        from hubert_export.corpus import read_corpus
+        from hubert_export.long_form import check_long_form
+
+        utterances = read_corpus(Path(data_dir), corpus_options).utterances
+        report = verified.report
+        report.long_form = check_long_form(artifact.path, model_dir, model, utterances, long_form,
+                                           thresholds=verified.thresholds, normalize=normalize)
+        report.failures.extend(report.long_form.failures())
+    return verified
 
 
 @dataclass

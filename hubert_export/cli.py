@@ -7,6 +7,9 @@
     hubert-export check ARTIFACT_DIR --golden                                         the same, no torch
     hubert-export transcribe ARTIFACT_OR_CHECKPOINT AUDIO...                          speech to text
     hubert-export bench ARTIFACT_DIR... [--lengths 1,5,10] [--batch 1,4]              latency and memory
+    hubert-export import CKPT.pt OUT_DIR [--dict dict.ltr.txt]                        a fairseq checkpoint, imported
+    hubert-export serve ARTIFACT_DIR... [--http-port 8000] [--max-batch 16]            Triton (KServe v2) server
+    hubert-export serve --model-repository OUT ARTIFACT_DIR...                        a Triton model repository
 
 Exit codes: 0 success, 1 a parity threshold failed, 2 bad input (one line on stderr; the traceback
 only with --debug), 3 an internal error, 130 interrupted.
@@ -27,7 +30,7 @@ from hubert_export.errors import EXIT_INTERNAL, EXIT_OK, EXIT_PARITY_FAILED, Hub
 from hubert_export.isa import IsaName
 from hubert_export.targets import TARGETS
 
-SUBCOMMANDS = ("build", "check", "transcribe", "bench")  # no command: build
+SUBCOMMANDS = ("build", "check", "transcribe", "bench", "serve", "import")  # no command: build
 
 
 class ProgressHandler(logging.Handler):
@@ -215,6 +218,12 @@ def check_parser() -> argparse.ArgumentParser:
                              "manifest says (its hash must match)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
     _corpus(parser)
+    long_form = parser.add_argument_group("long recordings, checked as transcribe runs them")
+    long_form.add_argument("--chunk-seconds", type=float, metavar="S",
+                           help="run each --data utterance whole in S-second chunks, stitched as transcribe does, "
+                                "and gate it against the eager model in the same chunks and on the whole utterance")
+    long_form.add_argument("--overlap-seconds", type=float, metavar="O",
+                           help="overlap of the chunks (default: as transcribe, a quarter of the chunk up to 2 s)")
     ray = parser.add_argument_group("corpus check on Ray")
     _ray_option(ray, "check the --data corpus")
     ray.add_argument("--workers", type=_positive, metavar="N",
@@ -248,8 +257,9 @@ def transcribe_parser() -> argparse.ArgumentParser:
                              "a model id (owner/name) in the local Hugging Face cache")
     parser.add_argument("audio", type=Path, nargs="+", metavar="AUDIO",
                         help="WAV/FLAC/OGG recordings, any sampling rate and channel count")
-    parser.add_argument("--chunk-seconds", type=float, default=20.0,
-                        help="longest piece of audio run at once (default 20); bounds memory")
+    # The defaults live in hubert_export.transcribe, which this module does not import before it runs.
+    parser.add_argument("--chunk-seconds", type=float,
+                        help="longest piece of audio run at once (default 30, chosen in docs/long-form.md); bounds memory")
     parser.add_argument("--overlap-seconds", type=float,
                         help="overlap of consecutive chunks (default 2, at most a quarter of the chunk); half of it "
                              "is dropped at each seam")
@@ -369,8 +379,11 @@ def run_check(args: argparse.Namespace) -> int:
         raise HubertExportError(f"check takes one artifact ({len(args.artifacts)} given): check several at once with "
                                 "--ray, or one per command")
     args.artifact = args.artifacts[0]
+    if args.overlap_seconds is not None and args.chunk_seconds is None:
+        raise HubertExportError("--overlap-seconds is the overlap of --chunk-seconds chunks: add --chunk-seconds")
     if args.golden:
-        given = [flag for flag, value in (("--data", args.data), ("--reference", args.reference)) if value]
+        given = [flag for flag, value in (("--data", args.data), ("--reference", args.reference),
+                                          ("--chunk-seconds", args.chunk_seconds)) if value]
         if given:
             raise HubertExportError(f"check --golden runs the cases stored at build time and needs no checkpoint: "
                                     f"drop {' and '.join(given)}, or drop --golden for the full check")
@@ -379,10 +392,14 @@ def run_check(args: argparse.Namespace) -> int:
         report = check_golden(args.artifact, junit=args.junit, latency_repeats=args.latency_repeats)
     else:
         from hubert_export.build import check_artifact
+        from hubert_export.long_form import LongFormOptions
 
+        long_form = None
+        if args.chunk_seconds is not None:
+            long_form = LongFormOptions(args.chunk_seconds, _overlap(args))
         report = check_artifact(args.artifact, data_dir=args.data, reference=args.reference, junit=args.junit,
-                                latency_repeats=args.latency_repeats,
-                                corpus_options=_corpus_options(args), normalize=args.normalize)
+                                latency_repeats=args.latency_repeats, corpus_options=_corpus_options(args),
+                                normalize=args.normalize, long_form=long_form)
     report_dir = _report_dir(args)
     report.write(report_dir)
     _print_report(report, args.artifact, report_dir)
@@ -411,6 +428,13 @@ def _print_report(report, artifact: Path, report_dir: Path) -> None:
               f"WER {gt['artifact_wer']:.3f} (eager {gt['eager_wer']:.3f}); raw: CER {gt['raw_artifact_cer']:.3f}, "
               f"WER {gt['raw_artifact_wer']:.3f}")
         print(f"normalisation: {report.normalization or 'none (--no-normalize)'}")
+    if report.long_form is not None:
+        form = report.long_form
+        for label, sub in (("same chunks in eager", form.served), ("whole utterances in eager", form.drift)):
+            worst = sub.worst()
+            print(f"long-form ({form.options.chunk_seconds:g} s chunks, {form.options.overlap_seconds:g} s overlap, "
+                  f"{len(sub.cases)} utterances) against {label}: frame agreement {worst.get('argmax_agreement', 1):.4f}, "
+                  f"CER {worst.get('cer', 0):.4f}, WER {worst.get('wer', 0):.4f} (worst utterance)")
     if report.latency:
         batch, samples = report.latency["shape"]
         compute = report.latency.get("compute_seconds")
@@ -425,6 +449,8 @@ def run_ray_check(args: argparse.Namespace) -> int:
     require_ray()  # the one-line refusal before any other work
     if args.golden:
         raise HubertExportError("check --golden runs on the deployment target itself: drop --ray")
+    if args.chunk_seconds is not None:
+        raise HubertExportError("--chunk-seconds runs each recording in chunks on one machine: drop --ray")
     result = check_corpus(args.artifacts, args.data, address=args.ray, files=args.ray_files,
                           workers=args.workers or 1, reference_workers=args.reference_workers,
                           batch_size=args.batch_size or 1, bucketing=args.bucketing,
@@ -446,10 +472,19 @@ def run_ray_check(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def run_transcribe(args: argparse.Namespace) -> int:
-    from hubert_export.transcribe import transcribe
+def _overlap(args: argparse.Namespace) -> float:
+    """--overlap-seconds, or transcribe's default for --chunk-seconds: a quarter of the chunk, up to 2 s."""
+    from hubert_export.transcribe import DEFAULT_OVERLAP_SECONDS
 
-    overlap = min(2.0, args.chunk_seconds / 4) if args.overlap_seconds is None else args.overlap_seconds
+    return min(DEFAULT_OVERLAP_SECONDS, args.chunk_seconds / 4) if args.overlap_seconds is None else args.overlap_seconds
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    from hubert_export.transcribe import DEFAULT_CHUNK_SECONDS, transcribe
+
+    if args.chunk_seconds is None:
+        args.chunk_seconds = DEFAULT_CHUNK_SECONDS
+    overlap = _overlap(args)
     results = transcribe(args.model, args.audio, chunk_seconds=args.chunk_seconds,
                          overlap_seconds=overlap, batch_size=args.batch_size)
     if args.json:
@@ -500,11 +535,83 @@ def run_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubert-export serve", parents=[_common_parent()],
+        description="Serve artifacts on Triton Inference Server (PyTriton; pip install 'hubert-export[serve]'): "
+                    "KServe v2 over HTTP and gRPC, inputs audio (FP32, 16 kHz mono) or audio_file (WAV/FLAC/OGG "
+                    "bytes), the same front end, chunking and CTC decoding as transcribe. SIGTERM or SIGINT drain "
+                    "and stop. With --model-repository, write a repository for Triton's own back ends instead.")
+    parser.add_argument("artifacts", type=Path, nargs="+", metavar="ARTIFACT_DIR", help="artifact directories")
+    parser.add_argument("--name", action="append", metavar="NAME",
+                        help="model name of each artifact, in order (repeat; default: each directory's name)")
+    parser.add_argument("--http-port", type=_positive, default=8000, metavar="PORT", help="default 8000")
+    parser.add_argument("--grpc-port", type=_positive, default=8001, metavar="PORT", help="default 8001")
+    parser.add_argument("--metrics-port", type=_positive, default=8002, metavar="PORT",
+                        help="Prometheus metrics (default 8002)")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--max-batch", type=_positive, default=16, metavar="N",
+                        help="requests per model call through Triton's dynamic batcher (default 16; 1: no batching)")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0, metavar="D",
+                        help="how long the batcher waits for more requests (default 2)")
+    parser.add_argument("--instances", type=_positive, default=1, metavar="K",
+                        help="model instances per artifact, each with its own runner (default 1)")
+    parser.add_argument("--threads", type=_positive, metavar="N",
+                        help="intra-op threads per instance (default: the cores divided among the instances)")
+    parser.add_argument("--model-repository", type=Path, metavar="OUT",
+                        help="write the artifacts as a model repository for Triton's onnxruntime, openvino and "
+                             "tensorrt_plan back ends (a config.pbtxt from each manifest) instead of serving")
+    return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if args.model_repository is not None:
+        from hubert_export.triton_repository import RepositoryOptions, write_model_repository
+
+        written = write_model_repository(args.artifacts, args.model_repository, names=args.name,
+                                         options=RepositoryOptions(args.max_batch, args.max_queue_delay_ms,
+                                                                   args.instances))
+        for model_dir in written:
+            print(f"wrote {model_dir}")
+        return EXIT_OK
+    from hubert_export.serve import ServeOptions, serve
+
+    serve(args.artifacts, names=args.name,
+          options=ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                               address=args.address, max_batch=args.max_batch,
+                               max_queue_delay_ms=args.max_queue_delay_ms, instances=args.instances,
+                               threads=args.threads))
+    return EXIT_OK
+
+
+def import_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubert-export import", parents=[_common_parent()],
+        description="Write a fairseq checkpoint (.pt: HuBERT or wav2vec 2.0, pretrained or CTC fine-tuned) as a "
+                    "Hugging Face checkpoint directory, without fairseq and without running the pickle's code. "
+                    "--model FILE.pt on the other commands does the same into a cache.")
+    parser.add_argument("checkpoint", type=Path, metavar="CKPT.pt", help="the fairseq checkpoint file")
+    parser.add_argument("output", type=Path, metavar="OUT_DIR", help="the directory to write (must not exist)")
+    parser.add_argument("--dict", type=Path, metavar="FILE",
+                        help="a CTC model's letter dictionary (default: dict.ltr.txt beside the checkpoint)")
+    return parser
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from hubert_export.model.fairseq import import_fairseq_checkpoint
+
+    print(import_fairseq_checkpoint(args.checkpoint, args.output, dictionary=args.dict))
+    return EXIT_OK
+
+
 COMMANDS = {
     "build": (build_parser, run_build),
     "check": (check_parser, run_check),
     "transcribe": (transcribe_parser, run_transcribe),
     "bench": (bench_parser, run_bench),
+    "serve": (serve_parser, run_serve),
+    "import": (import_parser, run_import),
 }
 
 

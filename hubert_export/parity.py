@@ -109,6 +109,7 @@ class ParityReport:
     latency: dict[str, Any] | None = None  # runner.median_latency at the opt shape, when measured
     isa: dict[str, Any] | None = None  # isa.check_section: the checking CPU, and what the artifact was built for
     int8_layers: int | None = None  # an INT8 artifact's Conv/MatMul layers that compute in INT8
+    long_form: Any = None  # long_form.LongFormReport of check --chunk-seconds; its failures are in `failures`
 
     @property
     def passed(self) -> bool:
@@ -134,6 +135,7 @@ class ParityReport:
             "worst_utterances": self.worst_utterances, "latency": self.latency, "isa": self.isa,
             "int8_layers": self.int8_layers,
             "cases": [dataclasses.asdict(c) for c in self.cases],
+            **({"long_form": self.long_form.to_dict()} if self.long_form is not None else {}),
         }
 
     def machine_line(self) -> str:
@@ -180,6 +182,8 @@ class ParityReport:
                       + (f" ({compute * 1e3:.1f} ms without host-device copies)" if compute is not None else "")]
         if self.failures:
             lines += ["", "Failures:"] + [f"- {f}" for f in self.failures]
+        if self.long_form is not None:
+            lines += ["", self.long_form.to_markdown()]
         return "\n".join(lines) + "\n"
 
     def to_junit(self) -> str:

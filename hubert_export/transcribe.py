@@ -25,12 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hubert_export.audio import MIN_SAMPLES, NORM_EPS, AudioStream, FeatureExtractorConfig, chunk_spans
+from hubert_export.audio import MIN_SAMPLES, NORM_EPS, ArrayStream, AudioStream, FeatureExtractorConfig, chunk_spans
 from hubert_export.errors import HubertExportError
 from hubert_export.model import load_config
 from hubert_export.tokenizer import CTCTokenizer
 
 log = logging.getLogger(__name__)
+
+# From benchmarks/results/long-form.md (5-minute recordings, eager against itself): 30 s chunks moved
+# the fewest frames on both measured models (0.991 and 0.943 kept, against 0.976 and 0.895 at 10 s);
+# 2 s of overlap was as good as 1 s or better on the reference model, for 7% more audio run.
+DEFAULT_CHUNK_SECONDS = 30.0
+DEFAULT_OVERLAP_SECONDS = 2.0
 
 
 
@@ -55,16 +61,41 @@ class Transcription:
     chunks: int
     frame_ids: np.ndarray  # the stitched per-frame argmax the text was decoded from, (frames,)
     largest_block: int  # the longest block of audio (samples at the model's rate) held at once
+    logits: np.ndarray | None = None  # the stitched frame logits (frames, vocab), when asked for
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": str(self.path), "text": self.text, "seconds": round(self.seconds, 3),
                 "chunks": self.chunks, "frames": int(self.frame_ids.shape[0])}
 
 
+@dataclass
+class ChunkPlan:
+    """One recording's chunks (`Transcriber.plan`): where each starts and stops, which of its frames
+    it keeps, and the whole recording's normalisation."""
+
+    spans: list[tuple[int, int]]  # chunk k reads samples [start, stop)
+    bounds: list[int | None]  # chunk k keeps whole-recording frames [bounds[k], bounds[k + 1]); None: to the end
+    stride: int  # samples per frame
+    mean: float
+    scale: float
+
+    def chunk(self, stream: AudioStream | ArrayStream, k: int) -> np.ndarray:
+        """Chunk k's samples, normalised with the whole recording's statistics."""
+        start, stop = self.spans[k]
+        return ((stream.read(start, stop) - self.mean) * self.scale).astype(np.float32)
+
+    def keep(self, k: int, row: np.ndarray) -> np.ndarray:
+        """The frames of chunk k's output `row` (frames first) that the stitched recording keeps."""
+        first = self.spans[k][0] // self.stride
+        bound = self.bounds[k + 1]
+        stop = first + row.shape[0] if bound is None else min(bound, first + row.shape[0])
+        return row[self.bounds[k] - first: stop - first]
+
+
 class Transcriber:
     """A CTC model (artifact or checkpoint), its front end and tokenizer; `transcribe` runs files."""
 
-    def __init__(self, source: str | Path) -> None:
+    def __init__(self, source: str | Path, *, threads: int | None = None) -> None:
         from hubert_export.artifact import MANIFEST_NAME, Artifact
 
         from hubert_export.hub import resolve_model  # an owner/name id: its snapshot in the hub cache
@@ -83,7 +114,7 @@ class Transcriber:
             from hubert_export.backends import get_backend
 
             self.contract = artifact.input_contract
-            self.runner = get_backend(artifact.target).load(artifact).activate()
+            self.runner = get_backend(artifact.target).load(artifact, threads=threads).activate()
             self.window = self.contract.window
             if self.window is not None:
                 # Built for one shape (LiteRT, OpenVINO static_shape): every chunk runs through that window, zero-padded.
@@ -135,52 +166,68 @@ class Transcriber:
             raise
         return stream
 
-    def transcribe(self, path: str | Path, *, chunk_seconds: float = 20.0, overlap_seconds: float = 2.0,
+    def transcribe(self, path: str | Path, *, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
                    batch_size: int = 1) -> Transcription:
-        _check_options(chunk_seconds, overlap_seconds, batch_size)
         with self.open(path) as stream:
-            rate = self.fe.sampling_rate
-            # Chunk starts on the frame grid (so chunk frames are whole-file frames) and in the resampler's phase.
-            align = math.lcm(self.stride, stream.up)
-            chunk = round(chunk_seconds * rate / align) * align
-            if self.window is not None:  # no longer than the window, and a quarter of it overlapping at most
-                chunk = min(chunk, self.window.samples // align * align)
-                overlap_seconds = min(overlap_seconds, chunk / rate / 4)
-            # Without overlap the frame straddling each seam would belong to no chunk: one frame is the least.
-            least = -(-(self.config.receptive_field - self.stride) // align) * align
-            overlap = max(round(overlap_seconds * rate / align) * align, least)
-            spans = (chunk_spans(stream.num_samples, chunk, overlap) if self.window is None
-                     else window_spans(stream.num_samples, chunk, overlap, align))
-            self._check_shapes(stream.path, spans, batch_size)
-            log.info(f"transcribing {stream.path}: {stream.num_samples / rate:.1f} s in {len(spans)} chunk(s)")
-            mean, scale = 0.0, 1.0
-            if self.fe.do_normalize:
-                mean, var = _moments(stream, chunk)
-                scale = 1.0 / math.sqrt(var + NORM_EPS)
+            return self.run(stream, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+                            batch_size=batch_size)
 
-            # Chunk k keeps frames [bounds[k], bounds[k + 1]): the seams lie mid-overlap.
-            bounds = [0] + [(start + overlap // 2) // self.stride for start, _ in spans[1:]] + [None]
-            kept: list[np.ndarray] = []
-            pending: list[tuple[int, np.ndarray]] = []
+    def run(self, stream: AudioStream | ArrayStream, *, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+            batch_size: int = 1, keep_logits: bool = False) -> Transcription:
+        """Transcribe an open recording in overlapping chunks; `keep_logits` keeps the stitched
+        frame logits too (the long-form check compares them with the whole utterance's)."""
+        plan = self.plan(stream, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+                         batch_size=batch_size)
+        spans = plan.spans
+        kept: list[np.ndarray] = []
+        pending: list[tuple[int, np.ndarray]] = []
 
-            def flush() -> None:
-                logits = self._run([w for _, w in pending])
-                for (k, _), row in zip(pending, logits):
-                    first = spans[k][0] // self.stride
-                    stop = first + row.shape[0] if bounds[k + 1] is None else min(bounds[k + 1], first + row.shape[0])
-                    kept.append(row[bounds[k] - first: stop - first].argmax(axis=-1).astype(np.int32))
-                pending.clear()
+        def flush() -> None:
+            logits = self._run([w for _, w in pending])
+            for (k, _), row in zip(pending, logits):
+                frames = plan.keep(k, row)
+                kept.append(frames if keep_logits else frames.argmax(axis=-1).astype(np.int32))
+            pending.clear()
 
-            for k, (start, stop) in enumerate(spans):
-                waveform = ((stream.read(start, stop) - mean) * scale).astype(np.float32)
-                # Only equal lengths share a batch: padding would change the model's output.
-                if pending and (len(pending) == batch_size or pending[-1][1].shape[0] != waveform.shape[0]):
-                    flush()
-                pending.append((k, waveform))
-            flush()
-            ids = np.concatenate(kept)
-            return Transcription(stream.path, self.tokenizer.decode_ids(ids), stream.num_samples / rate, len(spans),
-                                 ids, stream.largest_block)
+        for k in range(len(spans)):
+            waveform = plan.chunk(stream, k)
+            # Only equal lengths share a batch: padding would change the model's output.
+            if pending and (len(pending) == batch_size or pending[-1][1].shape[0] != waveform.shape[0]):
+                flush()
+            pending.append((k, waveform))
+        flush()
+        stitched = np.concatenate(kept)
+        ids = stitched.argmax(axis=-1).astype(np.int32) if keep_logits else stitched
+        return Transcription(stream.path, self.tokenizer.decode_ids(ids), stream.num_samples / self.fe.sampling_rate,
+                             len(spans), ids, stream.largest_block, stitched if keep_logits else None)
+
+    def plan(self, stream: AudioStream | ArrayStream, *, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+             batch_size: int = 1) -> ChunkPlan:
+        """How `run` cuts an open recording into normalised chunks and stitches their frames back
+        (`hubert-export serve` runs the chunks of many requests in one batch, then stitches each)."""
+        _check_options(chunk_seconds, overlap_seconds, batch_size)
+        rate = self.fe.sampling_rate
+        # Chunk starts on the frame grid (so chunk frames are whole-file frames) and in the resampler's phase.
+        align = math.lcm(self.stride, stream.up)
+        chunk = round(chunk_seconds * rate / align) * align
+        if self.window is not None:  # no longer than the window, and a quarter of it overlapping at most
+            chunk = min(chunk, self.window.samples // align * align)
+            overlap_seconds = min(overlap_seconds, chunk / rate / 4)
+        # Without overlap the frame straddling each seam would belong to no chunk: one frame is the least.
+        least = -(-(self.config.receptive_field - self.stride) // align) * align
+        overlap = max(round(overlap_seconds * rate / align) * align, least)
+        spans = (chunk_spans(stream.num_samples, chunk, overlap) if self.window is None
+                 else window_spans(stream.num_samples, chunk, overlap, align))
+        self._check_shapes(stream.path, spans, batch_size)
+        log.info(f"transcribing {stream.path}: {stream.num_samples / rate:.1f} s in {len(spans)} chunk(s)")
+        mean, scale = 0.0, 1.0
+        if self.fe.do_normalize:
+            mean, var = _moments(stream, chunk)
+            scale = 1.0 / math.sqrt(var + NORM_EPS)
+
+        # Chunk k keeps frames [bounds[k], bounds[k + 1]): the seams lie mid-overlap.
+        bounds = [0] + [(start + overlap // 2) // self.stride for start, _ in spans[1:]] + [None]
+        return ChunkPlan(spans, bounds, self.stride, mean, scale)
 
     def _check_shapes(self, path: Path, spans: list[tuple[int, int]], batch_size: int) -> None:
         if self.contract is None or self.window is not None:
@@ -241,8 +288,8 @@ def _check_options(chunk_seconds: float, overlap_seconds: float, batch_size: int
         raise HubertExportError(f"--batch-size {batch_size} must be at least 1")
 
 
-def transcribe(source: str | Path, audio: list[str | Path], *, chunk_seconds: float = 20.0,
-               overlap_seconds: float = 2.0, batch_size: int = 1) -> list[Transcription]:
+def transcribe(source: str | Path, audio: list[str | Path], *, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+               overlap_seconds: float = DEFAULT_OVERLAP_SECONDS, batch_size: int = 1) -> list[Transcription]:
     """Transcribe every file of `audio` with the CTC artifact or checkpoint at `source`."""
     _check_options(chunk_seconds, overlap_seconds, batch_size)
     with Transcriber(source) as transcriber:

@@ -262,3 +262,14 @@ def test_window_spans_fill_a_fixed_window_and_cover_the_recording(num_samples):
     assert chunk - align < spans[-1][1] - spans[-1][0] <= chunk or num_samples < chunk
     for (start, end), (next_start, _) in zip(spans, spans[1:]):
         assert next_start % align == 0 and start < next_start and end - next_start >= overlap
+
+
+def test_the_cli_help_states_the_library_defaults(capsys):
+    """The CLI does not import transcribe to build its parser, so its help states the defaults in words."""
+    from hubert_export import cli
+    from hubert_export.transcribe import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
+
+    with pytest.raises(SystemExit):
+        cli.main(["transcribe", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {DEFAULT_CHUNK_SECONDS:g}," in text and f"(default {DEFAULT_OVERLAP_SECONDS:g}," in text
