@@ -84,7 +84,7 @@ def build(model: Path, out: Path, target: str, precision: str, overrides: dict[s
 
     if reuse and (out / "manifest.json").is_file():
         manifest = Artifact.open(out).manifest
-        return {"path": str(out), "reused": True, "passed": manifest.get("parity", {}).get("passed"),
+        return {"path": str(out), "reused": True, "passed": (manifest.parity or {}).get("passed"),
                 "quantization": _quantization(manifest)}
     start = time.perf_counter()
     try:
@@ -98,8 +98,8 @@ def build(model: Path, out: Path, target: str, precision: str, overrides: dict[s
             "failures": list(result.report.failures)[:5], "quantization": _quantization(manifest)}
 
 
-def _quantization(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    section = manifest.get("backend", {}).get("quantization")
+def _quantization(manifest: Any) -> dict[str, Any] | None:
+    section = manifest.backend.get("quantization")
     if not section:
         return None
     keep = ("float_groups", "quantized_layers", "accuracy_control", "method")
