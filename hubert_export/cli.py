@@ -555,8 +555,9 @@ def serve_parser() -> argparse.ArgumentParser:
                         help="requests per model call through Triton's dynamic batcher (default 16; 1: no batching)")
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0, metavar="D",
                         help="how long the batcher waits for more requests (default 2)")
-    parser.add_argument("--instances", type=_positive, default=1, metavar="K",
-                        help="model instances per artifact, each with its own runner (default 1)")
+    parser.add_argument("--instances", type=_positive, default=2, metavar="K",
+                        help="model instances per artifact, each with its own runner (default 2: one computes "
+                             "while the next batch forms; docs/serve.md)")
     parser.add_argument("--threads", type=_positive, metavar="N",
                         help="intra-op threads per instance (default: the cores divided among the instances)")
     parser.add_argument("--model-repository", type=Path, metavar="OUT",

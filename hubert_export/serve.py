@@ -58,6 +58,9 @@ PAD_RATIO = 1.25  # a batch of a masked model pads its rows to at most 1.25x the
 DRAIN_SECONDS = 25.0  # how long a stop waits for requests inside the models (the tests ask for exit in 30 s)
 
 
+DEFAULT_INSTANCES = 2
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     http_port: int = 8000
@@ -66,7 +69,11 @@ class ServeOptions:
     address: str = "127.0.0.1"  # Triton listens on 0.0.0.0 unless told otherwise
     max_batch: int = 16  # requests per model call (Triton's max_batch_size); 1: no dynamic batching
     max_queue_delay_ms: float = 2.0  # how long Triton's batcher waits for more requests
-    instances: int = 1  # model instances (each its own runner) per artifact
+    # Model instances (each its own runner) per artifact. Two: one computes while the next batch
+    # forms. At 16 clients on 2 cores (benchmarks/results/serve*.md) two single-threaded instances
+    # served 1.02x and 1.99x the runner's best batched throughput, one two-threaded instance 0.74x
+    # and 0.80x.
+    instances: int = DEFAULT_INSTANCES
     threads: int | None = None  # intra-op threads per instance; default: the cores shared by the instances
 
 
