@@ -110,35 +110,33 @@ class LongFormReport:
 def check_long_form(artifact_dir: str | Path, checkpoint_dir: str | Path, model: Any, utterances: list[Any],
                     options: LongFormOptions, *, thresholds: dict[str, float], normalize: bool = True) -> LongFormReport:
     """The long-form report of a CTC artifact on `utterances` (corpus.Utterance): `model` is the eager
-    model of `checkpoint_dir`; `thresholds` gate the artifact against the eager model in the same
-    chunks (the check's own), `LONG_FORM_THRESHOLDS` the drift from whole utterances."""
+    model of `checkpoint_dir`, already loaded; the artifact's files are verified by the caller
+    (`build.verify_artifact` does, before it loads `model`). `thresholds` gate the artifact against
+    the eager model in the same chunks (the check's own), `LONG_FORM_THRESHOLDS` the drift from
+    whole utterances."""
     from hubert_export.artifact import Artifact
-    from hubert_export.model.config import load_config
     from hubert_export.runner import EagerRunner
     from hubert_export.tasks import family_of
     from hubert_export.transcribe import Transcriber
 
     artifact = Artifact.open(artifact_dir)
-    if artifact.task != "ctc":
-        raise HubertExportError(f"--chunk-seconds checks recordings the way transcribe runs them, and artifact "
-                                f"{artifact.path} outputs {artifact.task}, not CTC logits: drop --chunk-seconds")
-    config = load_config(artifact.path)
-    fe = FeatureExtractorConfig.from_dir(artifact.path)
-    tokenizer = artifact.tokenizer()
-    task = family_of(config).task("ctc")
     served, drift = [], []
-    with Transcriber(artifact.path) as chunked_artifact, Transcriber(checkpoint_dir) as chunked_eager, EagerRunner(
-            model, task, with_attention_mask=artifact.input_contract.attention_mask) as eager:
-        for i, utterance in enumerate(utterances, 1):
-            waveform = utterance.load(fe.sampling_rate)
-            log.info(f"long-form {i}/{len(utterances)}: {utterance.id} ({len(waveform) / fe.sampling_rate:.1f} s) "
-                     f"in {options.chunk_seconds:g} s chunks, {options.overlap_seconds:g} s overlap")
-            case, whole = whole_utterance(eager, waveform, utterance.id, utterance.text, fe)
-            candidate = {"logits": stitched(chunked_artifact, waveform, case.name, options)}
-            for outcomes, reference in ((drift, whole),
-                                        (served, {"logits": stitched(chunked_eager, waveform, case.name, options)})):
-                outcomes.append(compare_case(case, reference, candidate, output_names=["logits"], config=config,
-                                             task="ctc", tokenizer=tokenizer))
+    with Transcriber(artifact_dir, verified=True) as chunked_artifact, \
+            Transcriber(checkpoint_dir, model=model) as chunked_eager:
+        config, fe, tokenizer, contract = (chunked_artifact.config, chunked_artifact.fe, chunked_artifact.tokenizer,
+                                           chunked_artifact.contract)
+        task = family_of(config).task("ctc")
+        with EagerRunner(model, task, with_attention_mask=contract.attention_mask) as eager:
+            for i, utterance in enumerate(utterances, 1):
+                waveform = utterance.load(fe.sampling_rate)
+                log.info(f"long-form {i}/{len(utterances)}: {utterance.id} ({len(waveform) / fe.sampling_rate:.1f} s) "
+                         f"in {options.chunk_seconds:g} s chunks, {options.overlap_seconds:g} s overlap")
+                case, whole = whole_utterance(eager, waveform, utterance.id, utterance.text, fe)
+                candidate = {"logits": stitched(chunked_artifact, waveform, case.name, options)}
+                for outcomes, reference in ((drift, whole),
+                                            (served, {"logits": stitched(chunked_eager, waveform, case.name, options)})):
+                    outcomes.append(compare_case(case, reference, candidate, output_names=["logits"], config=config,
+                                                 task="ctc", tokenizer=tokenizer))
     report = {name: summarize(outcomes, target=artifact.target, precision=artifact.precision, task="ctc",
                               thresholds=gates, tokenizer=tokenizer, normalize=normalize)
               for name, outcomes, gates in (("served", served, thresholds),

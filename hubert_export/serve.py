@@ -110,18 +110,24 @@ class ModelService:
     `infer` is the PyTriton callable: a list of requests in, one response (or error) per request out.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, verified: bool = False) -> None:
+        """`verified`: the artifact's files were hashed against its manifest already (`serve` does
+        it once per artifact, not once per instance); otherwise they are hashed here."""
         from hubert_export.artifact import Artifact
         from hubert_export.audio import MIN_SAMPLES, FeatureExtractorConfig
+        from hubert_export.backends import load_runner
         from hubert_export.model import load_config
 
         self.path = Path(path)
         artifact = Artifact.open(self.path)
-        if artifact.task != "ctc":  # (the Transcriber below verifies a CTC artifact's files itself)
+        if not verified:
             artifact.verify_files()  # check's file verification: a modified artifact is not served
         manifest = artifact.manifest
         self.task = manifest.task
         self.contract = manifest.input_contract
+        if self.contract.min.batch > 1 and self.contract.window is None:
+            raise HubertExportError(f"artifact {self.path} takes batches of {self.contract.min.batch} or more, and "
+                                    "a server answers single requests too: rebuild it with --min-shape 1,...")
         self.config = load_config(self.path)
         self.fe = FeatureExtractorConfig.from_dir(self.path)
         self.outputs = {o.name: o for o in (manifest.io.outputs if manifest.io else [])}
@@ -131,10 +137,10 @@ class ModelService:
         if self.task == "ctc":
             from hubert_export.transcribe import Transcriber
 
-            self.transcriber = Transcriber(self.path, threads=threads)
+            self.transcriber = Transcriber(self.path, threads=threads, verified=True)
             self.runner = self.transcriber.runner
         else:
-            self.runner = _load_runner(artifact, self.config, threads)
+            self.runner = load_runner(artifact, threads=threads)
         self.mask = "attention_mask" in self.runner.input_names
         # Rows per runner call: the batch the artifact was optimised for (its contract's opt shape). On CPUs
         # bigger batches ran slower per second of audio (benchmarks/results/serve.md); build with
@@ -302,19 +308,6 @@ class ModelService:
         self.runner.close()
 
 
-def _load_runner(artifact: Any, config: Any, threads: int | None) -> Any:
-    """The artifact's runner, activated; a fixed-window artifact's wrapped to take shorter inputs."""
-    from hubert_export.backends import get_backend
-    from hubert_export.runner import WindowRunner
-
-    runner = get_backend(artifact.target).load(artifact, threads=threads).activate()
-    window = artifact.input_contract.window
-    if window is None:
-        return runner
-    frame_axes = artifact.manifest.frame_axes()
-    return WindowRunner(runner, window.batch, window.samples, config.num_frames, frame_axes).activate()
-
-
 # ----------------------------------------------------------------------------------- PyTriton
 _PATCHED = False
 _WRAP_RESPONSE = ("def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
@@ -422,6 +415,8 @@ def serve(artifacts: list[str | Path], *, names: list[str] | None = None,
     Every artifact's files are verified and its runners loaded before Triton starts: a modified
     artifact or one that cannot load stops the command with exit 2 and no server started.
     """
+    from hubert_export.artifact import Artifact
+
     require_pytriton()
     _check_options(options)
     paths = [Path(a) for a in artifacts]
@@ -435,8 +430,12 @@ def serve(artifacts: list[str | Path], *, names: list[str] | None = None,
     services: dict[str, list[ModelService]] = {}
     try:
         for name, path in zip(chosen, paths):
+            log.info(f"verifying the files of {path}")
+            Artifact.open(path).verify_files()  # once: every instance below loads these same files
             log.info(f"loading {path} as model {name} ({options.instances} instance(s), {threads} thread(s) each)")
-            services[name] = [ModelService(path, threads=threads) for _ in range(options.instances)]
+            services[name] = []  # filled one by one, so that the finally below closes what did load
+            for _ in range(options.instances):
+                services[name].append(ModelService(path, threads=threads, verified=True))
         if not stop.is_set():
             _run_triton(services, options, stop)
     finally:
@@ -452,8 +451,7 @@ def _run_triton(services: dict[str, list[ModelService]], options: ServeOptions, 
 
     _use_own_libpython()
     _patch_pytriton()
-    for noisy in ("pytriton", "hubert_export.transcribe"):  # per-request lines
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pytriton").setLevel(logging.WARNING)  # per-request lines
     config = TritonConfig(http_address=options.address, grpc_address=options.address,
                           metrics_address=options.address, http_port=options.http_port,
                           grpc_port=options.grpc_port, metrics_port=options.metrics_port,

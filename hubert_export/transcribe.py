@@ -95,7 +95,10 @@ class ChunkPlan:
 class Transcriber:
     """A CTC model (artifact or checkpoint), its front end and tokenizer; `transcribe` runs files."""
 
-    def __init__(self, source: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, source: str | Path, *, threads: int | None = None, model: Any = None,
+                 verified: bool = False) -> None:
+        """`model`: the checkpoint's CTC model, already loaded (not read again); `verified`: the
+        artifact's files were hashed against its manifest already (not hashed again)."""
         from hubert_export.artifact import MANIFEST_NAME, Artifact
 
         from hubert_export.hub import resolve_model  # an owner/name id: its snapshot in the hub cache
@@ -105,25 +108,19 @@ class Transcriber:
         self.window = None  # the one shape (batch, samples) of a fixed-shape artifact
         if (self.source / MANIFEST_NAME).is_file():
             artifact = Artifact.open(self.source)
-            artifact.verify_files()
+            if not verified:
+                artifact.verify_files()
             if artifact.task != "ctc":
                 raise HubertExportError(
                     f"artifact {self.source} outputs {artifact.task}, not CTC logits: transcribe needs an artifact "
                     "built with --task ctc from a fine-tuned CTC checkpoint")
             self._load_metadata("artifact")
-            from hubert_export.backends import get_backend
+            from hubert_export.backends import load_runner
 
             self.contract = artifact.input_contract
-            self.runner = get_backend(artifact.target).load(artifact, threads=threads).activate()
+            # Built for one shape (LiteRT, OpenVINO static shapes): every chunk runs through that window, zero-padded.
             self.window = self.contract.window
-            if self.window is not None:
-                # Built for one shape (LiteRT, OpenVINO static_shape): every chunk runs through that window, zero-padded.
-                from hubert_export.runner import WindowRunner
-                from hubert_export.tasks import family_of, frame_axes
-
-                ctc = family_of(self.config).task("ctc")
-                self.runner = WindowRunner(self.runner, self.window.batch, self.window.samples,
-                                           self.config.num_frames, frame_axes(ctc, False)).activate()
+            self.runner = load_runner(artifact, threads=threads)
         elif (self.source / "config.json").is_file():
             from hubert_export.runner import EagerRunner
             from hubert_export.tasks import family_of
@@ -138,7 +135,7 @@ class Transcriber:
                     f"not a {ctc.model_class.__name__}: transcribe needs a fine-tuned CTC checkpoint "
                     "(e.g. hubert-large-ls960-ft or wav2vec2-base-960h)")
             self._load_metadata("checkpoint")
-            model = ctc.model_class.from_pretrained(self.source)
+            model = model if model is not None else ctc.model_class.from_pretrained(self.source)
             self.runner = EagerRunner(model, ctc, with_attention_mask=self.fe.return_attention_mask).activate()
         elif not self.source.exists():
             raise HubertExportError(f"{self.source} does not exist: pass an artifact or a checkpoint directory")
@@ -179,6 +176,7 @@ class Transcriber:
         plan = self.plan(stream, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
                          batch_size=batch_size)
         spans = plan.spans
+        log.info(f"transcribing {stream.path}: {stream.num_samples / self.fe.sampling_rate:.1f} s in {len(spans)} chunk(s)")
         kept: list[np.ndarray] = []
         pending: list[tuple[int, np.ndarray]] = []
 
@@ -219,7 +217,6 @@ class Transcriber:
         spans = (chunk_spans(stream.num_samples, chunk, overlap) if self.window is None
                  else window_spans(stream.num_samples, chunk, overlap, align))
         self._check_shapes(stream.path, spans, batch_size)
-        log.info(f"transcribing {stream.path}: {stream.num_samples / rate:.1f} s in {len(spans)} chunk(s)")
         mean, scale = 0.0, 1.0
         if self.fe.do_normalize:
             mean, var = _moments(stream, chunk)

@@ -32,8 +32,6 @@ TRITON_BACKENDS = {
     "tensorrt": ('platform: "tensorrt_plan"', "KIND_GPU"),
 }
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
-METADATA_FILES = ("manifest.json", "config.json", "preprocessor_config.json", "vocab.json", "tokenizer_config.json",
-                  "special_tokens_map.json")
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def write_model_repository(artifacts: list[str | Path], out: str | Path, *, name
                            options: RepositoryOptions = RepositoryOptions()) -> list[Path]:
     """Write each artifact (hashes verified first) as a model of the Triton repository `out`; returns
     the model directories. An existing model directory of the same name is replaced."""
-    from hubert_export.artifact import Artifact
+    from hubert_export.artifact import MANIFEST_NAME, METADATA_FILES, Artifact
     from hubert_export.serve import model_names
 
     if options.max_batch < 1 or options.instances < 1 or not options.max_queue_delay_ms >= 0:
@@ -112,7 +110,7 @@ def write_model_repository(artifacts: list[str | Path], out: str | Path, *, name
         for file in artifact.model_files:
             shutil.copy2(file, staging / "1" / file.name)
         (staging / "hubert-export").mkdir()
-        for meta in METADATA_FILES:
+        for meta in (MANIFEST_NAME, *METADATA_FILES):  # the artifact's own list: config, front end, tokenizer
             if (artifact.path / meta).is_file():
                 shutil.copy2(artifact.path / meta, staging / "hubert-export" / meta)
         (staging / "config.pbtxt").write_text(config, encoding="utf-8")

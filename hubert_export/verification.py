@@ -18,10 +18,10 @@ import logging
 from dataclasses import dataclass
 
 from hubert_export import artifact as artifacts
-from hubert_export.backends import get_backend
+from hubert_export.backends import load_runner
 from hubert_export.model.config import load_config
 from hubert_export.parity import CaseOutcome, ParityCase, ParityReport, run_cases, summarize
-from hubert_export.runner import Runner, WindowRunner, median_latency
+from hubert_export.runner import Runner, median_latency
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,9 @@ class ParityCheck:
         config = load_config(artifact.path)
         tokenizer = artifact.tokenizer()
         contract = artifact.input_contract
-        window = contract.window
         log.info(f"parity check: {len(self.cases)} cases against {self.reference.name}")
-        with self.reference, get_backend(artifact.target).load(artifact) as loaded:
-            # A fixed-shape artifact runs each case through its window, as transcribe runs audio.
-            candidate = loaded if window is None else WindowRunner(
-                loaded, window.batch, window.samples, config.num_frames, artifact.manifest.frame_axes()).activate()
+        # A fixed-shape artifact runs each case through its window, as transcribe runs audio.
+        with self.reference, load_runner(artifact) as candidate:
             outcomes = run_cases(self.reference, candidate, self.cases, config=config, task=artifact.task,
                                  tokenizer=tokenizer)
             report = summarize(outcomes, target=artifact.target, precision=artifact.precision, task=artifact.task,

@@ -172,6 +172,20 @@ class Backend:
         raise NotImplementedError
 
 
+def load_runner(artifact: Artifact, *, threads: int | None = None) -> Runner:
+    """The artifact's runner, activated; a fixed-window artifact's (LiteRT, OpenVINO static shapes)
+    wrapped in a `WindowRunner`, so that it takes any batch of inputs no longer than its window."""
+    from hubert_export.model.config import load_config
+    from hubert_export.runner import WindowRunner
+
+    runner = get_backend(artifact.target).load(artifact, threads=threads).activate()
+    window = artifact.input_contract.window
+    if window is None:
+        return runner
+    return WindowRunner(runner, window.batch, window.samples, load_config(artifact.path).num_frames,
+                        artifact.manifest.frame_axes()).activate()
+
+
 def get_backend(target: str) -> Backend:
     """The back end implementing `target`, imported on first use (TensorRT is an optional extra)."""
     if target not in TARGETS:

@@ -670,14 +670,17 @@ def build_model(model: FairseqModel, source: Path) -> torch.nn.Module:
 
 
 def import_fairseq_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, dictionary: str | Path | None = None,
-                              ) -> Path:
+                              checkpoint_sha256: str | None = None) -> Path:
     """Write a fairseq `.pt` checkpoint as a Hugging Face checkpoint directory at `output_dir`.
 
     config.json, model.safetensors and preprocessor_config.json (the task's `normalize`); for a CTC
     model also vocab.json and tokenizer_config.json from fairseq's dictionary (`dict.ltr.txt`
     beside the checkpoint, or `dictionary`); and fairseq_import.json (source, hash, what was left
     out). Written to a temporary directory beside `output_dir`, then renamed: a failure leaves nothing.
+    `checkpoint_sha256`: the checkpoint's hash when the caller has it (the file is not read again).
     """
+    from hubert_export.artifact import sha256_file
+
     source, output_dir = Path(checkpoint), Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise HubertExportError(f"{output_dir} already exists and is not empty: remove it or pick another directory")
@@ -700,7 +703,7 @@ def import_fairseq_checkpoint(checkpoint: str | Path, output_dir: str | Path, *,
 
             CTCTokenizer(vocab_json(model.vocabulary)).save(staging)
         _write_json(staging / IMPORT_RECORD_NAME, {
-            "source": str(source.resolve()), "sha256": file_sha256(source), "fairseq_model": model.name,
+            "source": str(source.resolve()), "sha256": checkpoint_sha256 or sha256_file(source), "fairseq_model": model.name,
             "dictionary": _dictionary_source(source, dictionary) if model.ctc else None,
             "pretraining_only_weights_left_out": sorted(model.ignored)})
         if output_dir.is_dir():
@@ -722,19 +725,6 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def is_fairseq_checkpoint_path(path: Path) -> bool:
-    """A file (not a checkpoint directory) ending in .pt: what `--model` reads as a fairseq checkpoint."""
-    return path.is_file() and path.suffix == ".pt"
-
-
 def fairseq_cache_dir() -> Path:
     """Where `--model file.pt` keeps its imports: $HUBERT_EXPORT_CACHE/fairseq, or ~/.cache/hubert-export/fairseq."""
     root = os.environ.get("HUBERT_EXPORT_CACHE") or Path(
@@ -749,17 +739,20 @@ def imported_checkpoint_dir(checkpoint: str | Path) -> Path:
     is imported again and an artifact's manifest, which records this directory, keeps pointing at
     the weights it was built from.
     """
+    from hubert_export.artifact import sha256_file
+
     source = Path(checkpoint)
-    digest = hashlib.sha256(file_sha256(source).encode())
+    checkpoint_sha256 = sha256_file(source)
+    digest = hashlib.sha256(checkpoint_sha256.encode())
     dictionary = source.parent / DICTIONARY_NAME
     if dictionary.is_file():
-        digest.update(file_sha256(dictionary).encode())
+        digest.update(sha256_file(dictionary).encode())
     target = fairseq_cache_dir() / f"{source.stem}-{digest.hexdigest()[:16]}"
     if (target / IMPORT_RECORD_NAME).is_file():
         return target
     log.info(f"importing fairseq checkpoint {source} into {target}")
     try:
-        return import_fairseq_checkpoint(source, target)
+        return import_fairseq_checkpoint(source, target, checkpoint_sha256=checkpoint_sha256)
     except (HubertExportError, OSError):
         if (target / IMPORT_RECORD_NAME).is_file():  # another process imported it meanwhile
             return target
