@@ -214,14 +214,20 @@ def has_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
+def saves_external_data(model: onnx.ModelProto) -> bool:
+    """Whether `save_onnx` writes `model` with its weights in an external data file: it has external
+    data already, or its weights exceed EXTERNAL_DATA_THRESHOLD."""
+    return (has_external_data(model)
+            or sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD)
+
+
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """Save `model`; its weights in one external `<name>.data` file when it has external data
     already (a `load_onnx` model, or one a pass made from it) or they exceed EXTERNAL_DATA_THRESHOLD.
 
     External data is written by onnx_ir, tensor by tensor from where they are (memory, or the file
     a `load_onnx` model references): the weights are never all in memory twice."""
-    big = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
-    if not (big or has_external_data(model)):
+    if not saves_external_data(model):
         onnx.save(model, str(path))
         return
     import onnx_ir as ir

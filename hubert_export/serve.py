@@ -387,13 +387,18 @@ def model_names(artifacts: list[Path], names: list[str] | None) -> list[str]:
     return chosen
 
 
+def check_batching_options(max_batch: int, max_queue_delay_ms: float, instances: int) -> None:
+    """The batching and instance options `serve` and a written model repository share, one line each."""
+    if max_batch < 1:
+        raise HubertExportError(f"--max-batch {max_batch} must be at least 1 (1: no dynamic batching)")
+    if instances < 1:
+        raise HubertExportError(f"--instances {instances} must be at least 1")
+    if not max_queue_delay_ms >= 0:
+        raise HubertExportError(f"--max-queue-delay-ms {max_queue_delay_ms} must be 0 or more")
+
+
 def _check_options(options: ServeOptions) -> None:
-    if options.max_batch < 1:
-        raise HubertExportError(f"--max-batch {options.max_batch} must be at least 1 (1: no dynamic batching)")
-    if options.instances < 1:
-        raise HubertExportError(f"--instances {options.instances} must be at least 1")
-    if not options.max_queue_delay_ms >= 0:
-        raise HubertExportError(f"--max-queue-delay-ms {options.max_queue_delay_ms} must be 0 or more")
+    check_batching_options(options.max_batch, options.max_queue_delay_ms, options.instances)
     ports = [options.http_port, options.grpc_port, options.metrics_port]
     if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
         raise HubertExportError(f"ports {ports} must be three different numbers in 1..65535")

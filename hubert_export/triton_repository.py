@@ -43,6 +43,8 @@ class RepositoryOptions:
 
 def model_config(artifact, name: str, options: RepositoryOptions = RepositoryOptions()) -> str:
     """The config.pbtxt (protobuf text format, Triton's ModelConfig) of one artifact."""
+    from hubert_export.serve import output_dims
+
     manifest = artifact.manifest
     if artifact.target not in TRITON_BACKENDS:
         raise HubertExportError(f"artifact {artifact.path} is a {artifact.target} artifact, which no official Triton "
@@ -71,7 +73,7 @@ def model_config(artifact, name: str, options: RepositoryOptions = RepositoryOpt
                 dims = [window.batch if d == "batch" else window.samples if d == "samples" else d for d in shape]
                 dims = [d if isinstance(d, int) else -1 for d in dims]
             else:
-                dims = [d if isinstance(d, int) else -1 for d in shape[1:]]
+                dims = list(output_dims(shape))
             lines.append(f"{kind_name} [\n  {{\n    name: \"{tensor.name}\"\n    data_type: {TRITON_DTYPES[tensor.dtype]}\n"
                          f"    dims: [ {', '.join(str(d) for d in dims)} ]\n  }}\n]")
     if batched and max_batch > 1:
@@ -88,10 +90,9 @@ def write_model_repository(artifacts: list[str | Path], out: str | Path, *, name
     """Write each artifact (hashes verified first) as a model of the Triton repository `out`; returns
     the model directories. An existing model directory of the same name is replaced."""
     from hubert_export.artifact import MANIFEST_NAME, METADATA_FILES, Artifact
-    from hubert_export.serve import model_names
+    from hubert_export.serve import check_batching_options, model_names
 
-    if options.max_batch < 1 or options.instances < 1 or not options.max_queue_delay_ms >= 0:
-        raise HubertExportError("--max-batch and --instances must be at least 1, --max-queue-delay-ms 0 or more")
+    check_batching_options(options.max_batch, options.max_queue_delay_ms, options.instances)
     paths = [Path(a) for a in artifacts]
     chosen = model_names(paths, names)
     opened = []

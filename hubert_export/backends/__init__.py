@@ -87,10 +87,9 @@ class ExportedGraph:
         """Whether the graph's weights live in an external data file (and any file written from it)."""
         if self._serialized is not None:
             return False
-        from hubert_export.export import EXTERNAL_DATA_THRESHOLD, has_external_data
+        from hubert_export.export import saves_external_data
 
-        model = self.model()
-        return has_external_data(model) or sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+        return saves_external_data(self.model())
 
     def file(self) -> Path:
         """The graph as a file in the build's scratch directory (written on first call), for tools that read files."""
